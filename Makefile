@@ -1,0 +1,76 @@
+# tidings - a WebSocket publish/subscribe server.
+#
+#   make            release build: bin/tidings
+#   make test       unit + integration tests against an ASan/UBSan build
+#   make unit       C unit tests only (ASan/UBSan)
+#   make asan       bin/tidings-asan
+#   make clean
+#
+# SANITIZE=1 builds everything with AddressSanitizer and UBSan.
+
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wstrict-prototypes -Wwrite-strings \
+           -Wshadow -Wno-unused-parameter
+DEPFLAGS = -MMD -MP
+PKGS    := libuv jansson hiredis zlib libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LIBS    := $(PKG_LIBS) -lwslay
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c
+WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
+              worker/outq.c worker/topics.c worker/broadcast.c
+BUS_SRC    := worker/bus_local.c
+MASTER_SRC := master/master.c master/main.c
+SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
+
+UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+# what each unit test links besides itself
+UNIT_LIB_SRC := $(COMMON_SRC) worker/http.c worker/proto.c worker/outq.c worker/topics.c
+
+all: bin/tidings
+
+# ---- release build ----
+build/rel/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) $(PKG_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+bin/tidings: $(SERVER_SRC:%.c=build/rel/%.o)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(LIBS)
+
+# ---- sanitizer build ----
+build/san/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g $(SAN) $(WARN) $(PKG_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+bin/tidings-asan: $(SERVER_SRC:%.c=build/san/%.o)
+	@mkdir -p bin
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS)
+
+asan: bin/tidings-asan
+
+# ---- unit tests (cmocka) ----
+bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
+	@mkdir -p bin/unit
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
+
+unit: $(UNIT_TESTS:%=bin/unit/%)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 ./bin/unit/$$t; done
+
+# ---- the whole suite ----
+test: bin/tidings-asan unit
+	TIDINGS_BIN=$(CURDIR)/bin/tidings-asan /usr/bin/python3 -m pytest -q tests/integration
+
+format:
+	clang-format -i $(SERVER_SRC) $(wildcard */*.h) $(wildcard tests/unit/*.c)
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)
+
+.PHONY: all asan unit test clean format

@@ -1,0 +1,213 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum opt_type { OPT_STR, OPT_INT, OPT_SIZE, OPT_BOOL, OPT_LEVEL };
+
+struct opt {
+  const char *name;
+  enum opt_type type;
+  size_t offset;
+  long long min, max;
+  const char *def;
+  const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct opt opts[] = {
+    {"bind", OPT_STR, OFF(bind), 0, 0, "0.0.0.0", "address to listen on (IPv4 or IPv6)"},
+    {"port", OPT_INT, OFF(port), 1, 65535, "8080", "TCP port to listen on"},
+    {"workers", OPT_INT, OFF(workers), 0, 256, "0", "worker processes (0 = one per core)"},
+    {"ping-interval", OPT_INT, OFF(ping_interval), 1, 86400, "30",
+     "seconds between server pings; a client that has not answered the previous ping is cut"},
+    {"max-message-size", OPT_SIZE, OFF(max_message_size), 64, 64LL << 20, "64k",
+     "largest incoming message, bytes (k/m suffixes); larger is closed with 1009"},
+    {"max-subscriptions", OPT_INT, OFF(max_subscriptions), 1, 1000000, "100",
+     "topics one connection may subscribe to"},
+    {"echo-path", OPT_STR, OFF(echo_path), 0, 0, "",
+     "path of an echo WebSocket endpoint for conformance suites (off when empty)"},
+    {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "info", "debug, info, warn or error"},
+    {"shutdown-grace", OPT_INT, OFF(shutdown_grace), 0, 3600, "10",
+     "seconds to wait for closing handshakes on SIGTERM/SIGINT"},
+    {"handshake-timeout", OPT_INT, OFF(handshake_timeout), 1, 3600, "10",
+     "seconds a client has to send its complete HTTP upgrade request"},
+    {"redis", OPT_STR, OFF(redis), 0, 0, "",
+     "redis://[:password@]host:port[/db] or unix:/path (empty = embedded redis-server)"},
+    {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
+     "prefix of the Redis channel of every topic"},
+    {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
+     "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
+};
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+static void env_name(const struct opt *o, char *buf, size_t len) {
+  size_t n = (size_t)snprintf(buf, len, "TIDINGS_");
+  for (const char *p = o->name; *p && n + 1 < len; p++)
+    buf[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+  buf[n] = '\0';
+}
+
+static int parse_ll(const char *s, long long *out, int allow_suffix) {
+  errno = 0;
+  char *end;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s) return -1;
+  if (allow_suffix && *end) {
+    long long mul = 0;
+    if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kb") == 0 || strcasecmp(end, "kib") == 0) mul = 1024;
+    else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0 || strcasecmp(end, "mib") == 0) mul = 1024 * 1024;
+    else return -1;
+    if (v > LLONG_MAX / mul || v < 0) return -1;
+    v *= mul;
+    end += strlen(end);
+  }
+  if (*end) return -1;
+  *out = v;
+  return 0;
+}
+
+static int set_opt(struct config *cfg, const struct opt *o, const char *val,
+                   const char *src, char *err, size_t errlen) {
+  void *field = (char *)cfg + o->offset;
+  long long v;
+  switch (o->type) {
+    case OPT_STR:
+      *(const char **)field = val;
+      return 0;
+    case OPT_BOOL:
+      if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") || !strcasecmp(val, "on")) {
+        *(int *)field = 1;
+        return 0;
+      }
+      if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no") || !strcasecmp(val, "off")) {
+        *(int *)field = 0;
+        return 0;
+      }
+      snprintf(err, errlen, "%s: --%s expects true or false, got '%s'", src, o->name, val);
+      return -1;
+    case OPT_LEVEL:
+      if (log_level_parse(val, (enum log_level *)field) < 0) {
+        snprintf(err, errlen, "%s: --%s expects debug, info, warn or error, got '%s'", src, o->name, val);
+        return -1;
+      }
+      return 0;
+    case OPT_INT:
+    case OPT_SIZE:
+      if (parse_ll(val, &v, o->type == OPT_SIZE) < 0 || v < o->min || v > o->max) {
+        snprintf(err, errlen, "%s: --%s expects %s from %lld to %lld, got '%s'", src, o->name,
+                 o->type == OPT_SIZE ? "a size in bytes" : "an integer", o->min, o->max, val);
+        return -1;
+      }
+      if (o->type == OPT_INT) *(int *)field = (int)v;
+      else *(size_t *)field = (size_t)v;
+      return 0;
+  }
+  return -1;
+}
+
+static const struct opt *find_opt(const char *name, size_t len) {
+  for (size_t i = 0; i < NOPTS; i++)
+    if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0) return &opts[i];
+  return NULL;
+}
+
+static int check(const struct config *cfg, char *err, size_t errlen) {
+  if (cfg->echo_path[0] && cfg->echo_path[0] != '/') {
+    snprintf(err, errlen, "--echo-path must start with '/', got '%s'", cfg->echo_path);
+    return -1;
+  }
+  if (cfg->echo_path[0] && strcmp(cfg->echo_path, "/") == 0) {
+    snprintf(err, errlen, "--echo-path cannot be '/', which serves the pub/sub protocol");
+    return -1;
+  }
+  if (!cfg->bind[0]) {
+    snprintf(err, errlen, "--bind must not be empty");
+    return -1;
+  }
+  if (strlen(cfg->redis_prefix) > 64) {
+    snprintf(err, errlen, "--redis-prefix is longer than 64 bytes");
+    return -1;
+  }
+  return 0;
+}
+
+int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen) {
+  memset(cfg, 0, sizeof(*cfg));
+  for (size_t i = 0; i < NOPTS; i++)
+    if (set_opt(cfg, &opts[i], opts[i].def, "default", err, errlen) < 0) return -1;
+  for (size_t i = 0; i < NOPTS; i++) {
+    char name[64];
+    env_name(&opts[i], name, sizeof(name));
+    const char *v = getenv(name);
+    if (v && set_opt(cfg, &opts[i], v, name, err, errlen) < 0) return -1;
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      cfg->help = 1;
+      continue;
+    }
+    if (!strcmp(a, "--version")) {
+      cfg->version = 1;
+      continue;
+    }
+    if (strncmp(a, "--", 2) != 0) {
+      snprintf(err, errlen, "unexpected argument '%s' (see --help)", a);
+      return -1;
+    }
+    const char *name = a + 2;
+    const char *eq = strchr(name, '=');
+    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+    const struct opt *o = find_opt(name, nlen);
+    if (!o) {
+      snprintf(err, errlen, "unknown option '%.*s' (see --help)", (int)(nlen + 2), a);
+      return -1;
+    }
+    const char *val;
+    if (eq) val = eq + 1;
+    else if (o->type == OPT_BOOL) val = "1";
+    else if (i + 1 < argc) val = argv[++i];
+    else {
+      snprintf(err, errlen, "option --%s needs a value", o->name);
+      return -1;
+    }
+    if (set_opt(cfg, o, val, "command line", err, errlen) < 0) return -1;
+  }
+  return check(cfg, err, errlen);
+}
+
+void config_usage(FILE *out, const char *prog) {
+  fprintf(out,
+          "Usage: %s [options]\n"
+          "tidings: a WebSocket publish/subscribe server.\n\n"
+          "Every option can also be set with an environment variable, shown in brackets;\n"
+          "the command line wins. Write --name value or --name=value.\n\n",
+          prog);
+  for (size_t i = 0; i < NOPTS; i++) {
+    char env[64], arg[48];
+    env_name(&opts[i], env, sizeof(env));
+    snprintf(arg, sizeof(arg), "--%s%s", opts[i].name, opts[i].type == OPT_BOOL ? "" : " V");
+    fprintf(out, "  %-24s %s\n  %-24s [%s] default: %s\n", arg, opts[i].help, "", env,
+            opts[i].def[0] ? opts[i].def : "(empty)");
+  }
+  fprintf(out, "  %-24s %s\n  %-24s %s\n", "-h, --help", "show this help", "--version",
+          "print the version");
+}
+
+void config_log(const struct config *c) {
+  log_info("options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
+           "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
+           "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s",
+           c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
+           c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
+           log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
+           c->redis[0] ? "(configured)" : "embedded", c->redis_prefix,
+           c->proxy_protocol ? "on" : "off");
+}

@@ -1,0 +1,51 @@
+/* config.h - the server's options: command line, environment, defaults.
+ *
+ * Every option --foo-bar is also read from TIDINGS_FOO_BAR; the command line
+ * wins over the environment, which wins over the built-in default.  The
+ * master parses and checks everything before it forks; a worker parses the
+ * same argv and environment again, so both always agree.
+ *
+ * Strings in struct config point either into argv/environ or to static
+ * defaults: they are never freed and live as long as the process.
+ */
+#ifndef TIDINGS_CONFIG_H
+#define TIDINGS_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "log.h"
+
+#define TOPIC_MAX_LEN 128
+#define HTTP_MAX_HEADER_BYTES 8192
+
+struct config {
+  const char *bind;
+  int port;
+  int workers;             /* 0 until resolved to the number of cores */
+  int ping_interval;       /* seconds */
+  size_t max_message_size; /* bytes */
+  int max_subscriptions;   /* per connection */
+  const char *echo_path;   /* "" = off */
+  enum log_level log_level;
+  int shutdown_grace;      /* seconds */
+  int handshake_timeout;   /* seconds */
+  const char *redis;       /* "" = embedded redis-server */
+  const char *redis_prefix;
+  int proxy_protocol;      /* bool */
+  int help;
+  int version;
+};
+
+/* Fills cfg from defaults, the environment and argv.  Returns 0 on success;
+ * on error writes one line (no newline) to err and returns -1. */
+int config_parse(struct config *cfg, int argc, char **argv, char *err,
+                 size_t errlen);
+
+/* Prints --help text. */
+void config_usage(FILE *out, const char *prog);
+
+/* Logs the effective options, one line. */
+void config_log(const struct config *cfg);
+
+#endif

@@ -1,0 +1,257 @@
+#include "master.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../common/log.h"
+
+#define MAX_WORKERS 256
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 30000
+#define STABLE_MS 10000 /* a worker that lived this long resets its backoff */
+
+struct master;
+
+struct child {
+  struct master *m;
+  uv_process_t proc;
+  int slot;
+  int retiring; /* replaced by a reload: not restarted */
+  uint64_t started;
+  struct child *next;
+};
+
+struct slot {
+  struct child *current;
+  uv_timer_t restart;
+  unsigned failures;
+};
+
+struct master {
+  uv_loop_t *loop;
+  struct config *cfg;
+  char **argv;
+  char **env; /* environ plus our two variables, per slot rebuilt */
+  int nslots;
+  struct slot slots[MAX_WORKERS];
+  struct child *children;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t kill_timer;
+  int stopping;
+};
+
+int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
+  struct addrinfo hints = {0}, *ai = NULL;
+  char port[16];
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  snprintf(port, sizeof(port), "%d", cfg->port);
+  int rc = getaddrinfo(cfg->bind, port, &hints, &ai);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot use --bind %s: %s", cfg->bind, gai_strerror(rc));
+    return -1;
+  }
+  /* Without SO_REUSEPORT, so that a listener of any other process
+   * (another tidings included) makes this bind fail. */
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+           bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+  if (!ok)
+    snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->bind, cfg->port, strerror(errno));
+  if (fd >= 0) close(fd);
+  freeaddrinfo(ai);
+  return ok ? 0 : -1;
+}
+
+static void spawn(struct master *m, int slot);
+
+/* Once stopping and childless, closing our handles lets uv_run return. */
+static void maybe_finish(struct master *m) {
+  if (!m->stopping || m->children) return;
+  uv_close((uv_handle_t *)&m->sig_term, NULL);
+  uv_close((uv_handle_t *)&m->sig_int, NULL);
+  uv_close((uv_handle_t *)&m->sig_hup, NULL);
+  uv_close((uv_handle_t *)&m->kill_timer, NULL);
+  for (int i = 0; i < m->nslots; i++) uv_close((uv_handle_t *)&m->slots[i].restart, NULL);
+}
+
+static void on_child_closed(uv_handle_t *h) {
+  struct child *ch = h->data;
+  struct master *m = ch->m;
+  for (struct child **pp = &m->children; *pp; pp = &(*pp)->next) {
+    if (*pp == ch) {
+      *pp = ch->next;
+      break;
+    }
+  }
+  free(ch);
+  maybe_finish(m);
+}
+
+static void on_restart(uv_timer_t *t) {
+  struct master *m = t->data;
+  for (int i = 0; i < m->nslots; i++)
+    if (&m->slots[i].restart == t && !m->stopping) spawn(m, i);
+}
+
+static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
+  struct child *ch = p->data;
+  struct master *m = ch->m;
+  struct slot *s = &m->slots[ch->slot];
+  uint64_t lived = uv_now(m->loop) - ch->started;
+  int pid = p->pid;
+  if (m->stopping || ch->retiring) {
+    log_info("worker %d (pid %d) exited with status %lld%s", ch->slot + 1, pid,
+             (long long)status, sig ? " after a signal" : "");
+  } else if (sig) {
+    log_error("worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid, sig,
+              strsignal(sig));
+  } else {
+    log_error("worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
+  }
+  if (s->current == ch) s->current = NULL;
+  if (!m->stopping && !ch->retiring) {
+    if (lived >= STABLE_MS) s->failures = 0;
+    uint64_t delay = 0;
+    if (s->failures > 0) {
+      delay = BACKOFF_MIN_MS;
+      for (unsigned i = 1; i < s->failures && delay < BACKOFF_MAX_MS; i++) delay *= 2;
+      if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
+    }
+    s->failures++;
+    log_info("restarting worker %d in %llu ms", ch->slot + 1, (unsigned long long)delay);
+    uv_timer_start(&s->restart, on_restart, delay, 0);
+  }
+  uv_close((uv_handle_t *)p, on_child_closed);
+}
+
+static void spawn(struct master *m, int slot) {
+  struct child *ch = calloc(1, sizeof(*ch));
+  if (!ch) return;
+  ch->m = m;
+  ch->slot = slot;
+  ch->proc.data = ch;
+  char idvar[48];
+  snprintf(idvar, sizeof(idvar), "TIDINGS_WORKER_ID=%d", slot + 1);
+  /* m->env[0] is reserved for the worker id */
+  m->env[0] = idvar;
+  uv_stdio_container_t stdio[3] = {
+      {UV_INHERIT_FD, {.fd = 0}}, {UV_INHERIT_FD, {.fd = 1}}, {UV_INHERIT_FD, {.fd = 2}}};
+  uv_process_options_t o = {0};
+  o.exit_cb = on_exit_cb;
+  o.file = "/proc/self/exe";
+  o.args = m->argv;
+  o.env = m->env;
+  o.stdio = stdio;
+  o.stdio_count = 3;
+  int rc = uv_spawn(m->loop, &ch->proc, &o);
+  m->env[0] = NULL;
+  if (rc != 0) {
+    log_error("cannot start worker %d: %s", slot + 1, uv_strerror(rc));
+    free(ch);
+    struct slot *s = &m->slots[slot];
+    s->failures++;
+    uv_timer_start(&s->restart, on_restart, BACKOFF_MAX_MS, 0);
+    return;
+  }
+  ch->started = uv_now(m->loop);
+  ch->next = m->children;
+  m->children = ch;
+  m->slots[slot].current = ch;
+  log_info("worker %d started (pid %d)", slot + 1, ch->proc.pid);
+}
+
+static void signal_children(struct master *m, int sig, int only_retiring) {
+  for (struct child *ch = m->children; ch; ch = ch->next)
+    if (!only_retiring || ch->retiring) uv_process_kill(&ch->proc, sig);
+}
+
+static void on_kill_timer(uv_timer_t *t) {
+  struct master *m = t->data;
+  if (m->stopping) {
+    log_warn("workers still running after the grace period: killing them");
+    signal_children(m, SIGKILL, 0);
+  } else {
+    signal_children(m, SIGTERM, 1); /* reload: the new workers are up */
+  }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  struct master *m = h->data;
+  if (signum == SIGHUP) {
+    if (m->stopping) return;
+    log_info("SIGHUP: starting new workers, then draining the old ones");
+    for (int i = 0; i < m->nslots; i++) {
+      if (m->slots[i].current) m->slots[i].current->retiring = 1;
+      uv_timer_stop(&m->slots[i].restart);
+      spawn(m, i);
+    }
+    uv_timer_start(&m->kill_timer, on_kill_timer, 500, 0);
+    return;
+  }
+  if (m->stopping) {
+    log_warn("second %s: killing workers", strsignal(signum));
+    signal_children(m, SIGKILL, 0);
+    return;
+  }
+  m->stopping = 1;
+  log_info("%s: stopping %d worker(s)", strsignal(signum), m->nslots);
+  for (int i = 0; i < m->nslots; i++) uv_timer_stop(&m->slots[i].restart);
+  signal_children(m, SIGTERM, 0);
+  uv_timer_start(&m->kill_timer, on_kill_timer, (uint64_t)(m->cfg->shutdown_grace + 5) * 1000, 0);
+  maybe_finish(m);
+}
+
+extern char **environ;
+
+int master_main(struct config *cfg, int argc, char **argv) {
+  (void)argc;
+  signal(SIGPIPE, SIG_IGN);
+  struct master *m = calloc(1, sizeof(*m));
+  if (!m) return 1;
+  m->cfg = cfg;
+  m->argv = argv;
+  m->nslots = cfg->workers;
+  size_t n = 0;
+  while (environ[n]) n++;
+  m->env = calloc(n + 3, sizeof(char *));
+  char pidvar[48];
+  snprintf(pidvar, sizeof(pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
+  size_t k = 1; /* slot 0: the worker id, set per spawn */
+  m->env[k++] = pidvar;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "TIDINGS_WORKER_ID=", 18) && strncmp(environ[i], "TIDINGS_MASTER_PID=", 19))
+      m->env[k++] = environ[i];
+  m->env[k] = NULL;
+  /* uv_spawn stops at the first NULL: keep slot 0 filled while spawning */
+
+  m->loop = uv_default_loop();
+  uv_signal_t *sigs[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    uv_signal_init(m->loop, sigs[i]);
+    sigs[i]->data = m;
+    uv_signal_start(sigs[i], on_signal, nums[i]);
+  }
+  uv_timer_init(m->loop, &m->kill_timer);
+  m->kill_timer.data = m;
+  for (int i = 0; i < m->nslots; i++) {
+    uv_timer_init(m->loop, &m->slots[i].restart);
+    m->slots[i].restart.data = m;
+  }
+  for (int i = 0; i < m->nslots; i++) spawn(m, i);
+  uv_run(m->loop, UV_RUN_DEFAULT);
+  uv_loop_close(m->loop);
+  free(m->env);
+  free(m);
+  log_info("all workers stopped, exiting");
+  return 0;
+}

@@ -1,0 +1,388 @@
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "bus.h"
+#include "http.h"
+#include "worker.h"
+#include "ws.h"
+
+/* Above this many queued bytes we stop reading from the client until the
+ * queue drains; above the hard limit the connection is dropped. */
+#define OUTQ_PAUSE_READ (1u << 20)
+#define OUTQ_HARD_LIMIT (16u << 20)
+#define IOV_BATCH 64
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+void conn_list_move(struct conn *c, struct conn_list *list) {
+  if (c->list) {
+    if (c->prev) c->prev->next = c->next;
+    else c->list->first = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->list->count--;
+  }
+  c->prev = c->next = NULL;
+  c->list = list;
+  if (list) {
+    c->next = list->first;
+    if (list->first) list->first->prev = c;
+    list->first = c;
+    list->count++;
+  }
+}
+
+void conn_ref(struct conn *c) { c->refs++; }
+
+static void conn_free(struct conn *c) {
+  outq_clear(&c->q);
+  ws_free(c);
+  free(c->hbuf);
+  free(c);
+}
+
+void conn_unref(struct conn *c) {
+  if (--c->refs == 0 && c->state == CONN_CLOSED && c->tcp.data == NULL) conn_free(c);
+}
+
+static void on_close(uv_handle_t *h) {
+  struct conn *c = h->data;
+  struct worker *w = c->w;
+  h->data = NULL;
+  if (c->refs == 0) conn_free(c);
+  worker__conn_gone(w);
+}
+
+void conn_close(struct conn *c) {
+  if (c->state == CONN_CLOSED) return;
+  c->state = CONN_CLOSED;
+  topics_unsubscribe_all(&c->w->topics, &c->subs);
+  c->nsubs = 0;
+  conn_list_move(c, NULL);
+  /* it may stay on the dirty list (holding a reference); the flusher skips it */
+  uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)hint;
+  struct conn *c = h->data;
+  buf->base = c->w->readbuf;
+  buf->len = sizeof(c->w->readbuf);
+}
+
+static void peer_name(struct conn *c) {
+  struct sockaddr_storage ss;
+  int sl = sizeof(ss);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0) return;
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin6_port);
+  }
+  snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+}
+
+void conn_accept(struct worker *w) {
+  struct conn *c = calloc(1, sizeof(*c));
+  if (!c) {
+    log_error("out of memory accepting a connection");
+    return;
+  }
+  c->w = w;
+  c->id = ++w->next_conn_id;
+  uv_tcp_init(w->loop, &c->tcp);
+  c->tcp.data = c;
+  w->nconns++;
+  if (uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp) != 0) {
+    c->state = CONN_CLOSED;
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  peer_name(c);
+  c->state = CONN_HTTP;
+  c->deadline = uv_now(w->loop) + (uint64_t)w->cfg->handshake_timeout * 1000;
+  conn_list_move(c, &w->handshaking);
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+}
+
+/* ---- output ---- */
+
+void conn_mark_dirty(struct conn *c) {
+  if (c->dirty || c->state == CONN_CLOSED) return;
+  c->dirty = 1;
+  conn_ref(c); /* dropped by the flusher */
+  c->dirty_next = c->w->dirty;
+  c->w->dirty = c;
+}
+
+int conn_send_copy(struct conn *c, const void *data, size_t len) {
+  if (c->state == CONN_CLOSED) return -1;
+  if (outq_push_copy(&c->q, data, len, c->inflight) < 0) return -1;
+  conn_mark_dirty(c);
+  return 0;
+}
+
+int conn_send_ref(struct conn *c, struct sbuf *b) {
+  if (c->state == CONN_CLOSED) return -1;
+  if (outq_push_ref(&c->q, b) < 0) return -1;
+  conn_mark_dirty(c);
+  return 0;
+}
+
+static void conn_flush(struct conn *c);
+
+static void on_write(uv_write_t *req, int status) {
+  struct conn *c = req->data;
+  c->writing = 0;
+  outq_consume(&c->q, c->inflight_bytes);
+  c->inflight = 0;
+  c->inflight_bytes = 0;
+  if (c->state == CONN_CLOSED) return;
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_flush(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  struct conn *c = req->data;
+  if (status < 0 && c->state != CONN_CLOSED) conn_close(c);
+}
+
+/* All queued output has left: finish what the drain started. */
+static void drained(struct conn *c) {
+  if (c->ws && ws_close_received(c)) {
+    conn_close(c); /* close handshake complete: the server closes TCP first */
+    return;
+  }
+  if (!c->shut_wr) {
+    c->shut_wr = 1;
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) conn_close(c);
+  }
+}
+
+static void conn_flush(struct conn *c) {
+  struct iovec iov[IOV_BATCH];
+  if (c->state == CONN_CLOSED || c->writing) return;
+  if (c->q.bytes > OUTQ_HARD_LIMIT) {
+    log_warn("conn %llu %s: %zu bytes queued, over the limit: disconnecting",
+             (unsigned long long)c->id, c->peer, c->q.bytes);
+    conn_close(c);
+    return;
+  }
+  while (c->q.count > 0) {
+    int n = outq_iov(&c->q, 0, iov, IOV_BATCH);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += iov[i].iov_len;
+    int r = uv_try_write((uv_stream_t *)&c->tcp, (const uv_buf_t *)iov, (unsigned)n);
+    if (r == UV_EAGAIN) r = 0;
+    if (r < 0) {
+      conn_close(c);
+      return;
+    }
+    outq_consume(&c->q, (size_t)r);
+    if ((size_t)r < total) {
+      /* the kernel is full: hand the rest to one uv_write */
+      n = outq_iov(&c->q, 0, iov, IOV_BATCH);
+      c->inflight = (uint32_t)n;
+      c->inflight_bytes = 0;
+      for (int i = 0; i < n; i++) c->inflight_bytes += iov[i].iov_len;
+      c->wreq.data = c;
+      if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, (const uv_buf_t *)iov, (unsigned)n,
+                   on_write) != 0) {
+        c->inflight = 0;
+        c->inflight_bytes = 0;
+        conn_close(c);
+        return;
+      }
+      c->writing = 1;
+      break;
+    }
+  }
+  if (c->read_paused && c->q.bytes < OUTQ_PAUSE_READ / 2) {
+    c->read_paused = 0;
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+  } else if (!c->read_paused && c->q.bytes >= OUTQ_PAUSE_READ && c->state != CONN_DRAINING) {
+    c->read_paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  }
+  if (c->q.count == 0 && c->state == CONN_DRAINING) drained(c);
+}
+
+void conn_flush_dirty(struct worker *w) {
+  while (w->dirty) {
+    struct conn *c = w->dirty;
+    w->dirty = c->dirty_next;
+    c->dirty = 0;
+    c->dirty_next = NULL;
+    conn_flush(c);
+    conn_unref(c);
+  }
+}
+
+void conn_drain(struct conn *c, int linger_ms) {
+  if (c->state == CONN_CLOSED) return;
+  if (c->state != CONN_DRAINING) {
+    c->state = CONN_DRAINING;
+    c->deadline = uv_now(c->w->loop) + (uint64_t)linger_ms;
+    conn_list_move(c, &c->w->handshaking);
+    if (c->read_paused) {
+      c->read_paused = 0;
+      uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+    }
+  }
+  conn_mark_dirty(c);
+}
+
+/* ---- HTTP ---- */
+
+static void respond(struct conn *c, int status, const char *extra, const char *body) {
+  char out[1024];
+  int n = http_format_response(out, sizeof(out), status, "text/plain; charset=utf-8", extra, body);
+  if (n > 0) conn_send_copy(c, out, (size_t)n);
+  log_debug("conn %llu %s: HTTP %d", (unsigned long long)c->id, c->peer, status);
+  conn_drain(c, 2000);
+}
+
+static int path_is(struct http_str p, const char *lit) {
+  return p.n == strlen(lit) && memcmp(p.p, lit, p.n) == 0;
+}
+
+static int upgrade(struct conn *c, const struct http_request *req, enum conn_kind kind) {
+  char accept[29];
+  char resp[256];
+  http_accept_key(req->ws_key, accept);
+  int n = snprintf(resp, sizeof(resp),
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                   accept);
+  c->kind = kind;
+  if (ws_start(c) < 0) {
+    respond(c, 500, NULL, "Internal server error\n");
+    return 0;
+  }
+  conn_send_copy(c, resp, (size_t)n);
+  c->state = CONN_WS;
+  c->deadline = 0;
+  conn_list_move(c, &c->w->open);
+  log_debug("conn %llu %s: WebSocket open on %s", (unsigned long long)c->id, c->peer,
+            kind == CONN_ECHO ? "echo" : "pub/sub");
+  return 1;
+}
+
+/* Answers one request head; returns 1 when the connection upgraded. */
+static int handle_request(struct conn *c, const struct http_request *req) {
+  const struct config *cfg = c->w->cfg;
+  int is_ws_path = path_is(req->path, "/");
+  int is_echo = cfg->echo_path[0] && path_is(req->path, cfg->echo_path);
+  if (c->w->shutting_down) {
+    respond(c, 503, NULL, "Shutting down\n");
+    return 0;
+  }
+  if ((is_ws_path || is_echo) && http_wants_websocket(req)) {
+    const char *why;
+    int status = http_check_upgrade(req, &why);
+    if (status == 0) return upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB);
+    char body[128];
+    snprintf(body, sizeof(body), "Bad WebSocket handshake: %s\n", why);
+    respond(c, status,
+            status == 426 ? "Sec-WebSocket-Version: 13\r\n" : status == 405 ? "Allow: GET\r\n" : NULL,
+            body);
+    return 0;
+  }
+  if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
+    respond(c, 405, "Allow: GET\r\n", "Method not allowed\n");
+    return 0;
+  }
+  if (is_ws_path) {
+    respond(c, 200, NULL, "WebSocket server is running");
+    return 0;
+  }
+  if (path_is(req->path, "/healthz")) {
+    if (bus_ready(c->w->bus)) respond(c, 200, NULL, "ok\n");
+    else respond(c, 503, NULL, "not ready\n");
+    return 0;
+  }
+  if (is_echo) {
+    respond(c, 426, "Sec-WebSocket-Version: 13\r\n", "This endpoint speaks WebSocket only\n");
+    return 0;
+  }
+  respond(c, 404, NULL, "Not found\n");
+  return 0;
+}
+
+static void http_input(struct conn *c, const char *data, size_t len) {
+  if (!c->hbuf) {
+    c->hbuf = malloc(HTTP_MAX_HEADER_BYTES);
+    if (!c->hbuf) {
+      conn_close(c);
+      return;
+    }
+  }
+  size_t room = HTTP_MAX_HEADER_BYTES - c->hlen;
+  size_t take = len < room ? len : room;
+  memcpy(c->hbuf + c->hlen, data, take);
+  c->hlen += take;
+  struct http_request req;
+  int r = http_parse_request(c->hbuf, c->hlen, &req);
+  if (r == HTTP_INCOMPLETE) {
+    if (c->hlen >= HTTP_MAX_HEADER_BYTES) respond(c, 431, NULL, "Request header too large\n");
+    return;
+  }
+  if (r == HTTP_EMALFORMED) {
+    respond(c, 400, NULL, "Malformed HTTP request\n");
+    return;
+  }
+  int upgraded = handle_request(c, &req);
+  char *hb = c->hbuf;
+  size_t hlen = c->hlen;
+  c->hbuf = NULL;
+  c->hlen = 0;
+  if (upgraded) {
+    /* Frames sent right behind the head: the rest of hbuf, then the rest
+     * of this read. */
+    if (hlen > (size_t)r) ws_feed(c, (const uint8_t *)hb + r, hlen - (size_t)r);
+    if (take < len && (c->state == CONN_WS || c->state == CONN_DRAINING))
+      ws_feed(c, (const uint8_t *)data + take, len - take);
+  }
+  free(hb);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct conn *c = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    conn_close(c);
+    return;
+  }
+  size_t n = (size_t)nread;
+  switch (c->state) {
+    case CONN_HTTP:
+      http_input(c, buf->base, n);
+      return;
+    case CONN_WS:
+      ws_feed(c, (const uint8_t *)buf->base, n);
+      return;
+    case CONN_DRAINING:
+      if (c->ws) {
+        ws_feed(c, (const uint8_t *)buf->base, n);
+        if (c->state != CONN_CLOSED && ws_close_received(c) && c->q.count == 0 && !c->writing)
+          conn_close(c);
+      }
+      return;
+    case CONN_CLOSED:
+      return;
+  }
+}

@@ -1,0 +1,88 @@
+/* conn.h - one client connection, from accept to close.
+ *
+ * A connection starts in CONN_HTTP, reading its request head into a bounded
+ * buffer; it answers plain HTTP itself or upgrades to CONN_WS, where wslay
+ * (ws.c) parses frames.  Every byte to send goes through the connection's
+ * outq and is flushed at the end of the loop turn (uv_try_write first, then
+ * one uv_write for what is left).  CONN_DRAINING: the last bytes (an HTTP
+ * error or a close frame) are queued; once they are out, the write side is
+ * shut down and reads are discarded until the peer closes or the deadline
+ * passes.
+ *
+ * Lifetime: the worker owns connections.  conn_close() starts uv_close();
+ * the memory is freed in the close callback once no asynchronous operation
+ * (a publish waiting for Redis) holds a reference: see conn_ref/conn_unref.
+ */
+#ifndef TIDINGS_CONN_H
+#define TIDINGS_CONN_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <wslay/wslay.h>
+
+#include "outq.h"
+#include "topics.h"
+
+struct worker;
+
+enum conn_state { CONN_HTTP, CONN_WS, CONN_DRAINING, CONN_CLOSED };
+enum conn_kind { CONN_PUBSUB, CONN_ECHO };
+
+struct conn {
+  struct worker *w;
+  uv_tcp_t tcp;
+  uv_write_t wreq;
+  uv_shutdown_t sreq;
+  enum conn_state state;
+  enum conn_kind kind;
+  uint64_t id;
+  struct conn *prev, *next; /* on w->handshaking or w->open */
+  struct conn_list *list;
+  struct conn *dirty_next;
+  uint64_t deadline; /* loop ms; 0 = none */
+  unsigned dirty : 1;
+  unsigned writing : 1;        /* a uv_write is in flight */
+  unsigned shut_wr : 1;        /* uv_shutdown issued */
+  unsigned awaiting_pong : 1;
+  unsigned read_paused : 1;
+  unsigned close_queued : 1;   /* we queued a close frame */
+  uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
+  size_t inflight_bytes;
+  int refs;                    /* async operations still pointing here */
+  /* HTTP phase */
+  char *hbuf;
+  size_t hlen;
+  /* WebSocket phase */
+  wslay_event_context_ptr ws;
+  const uint8_t *rptr;
+  size_t rlen;
+  struct sub *subs;
+  int nsubs;
+  struct outq q;
+  char peer[64];
+};
+
+/* Accepts a pending connection from the worker's listener. */
+void conn_accept(struct worker *w);
+
+/* Queues bytes (copied).  Returns 0 or -1. */
+int conn_send_copy(struct conn *c, const void *data, size_t len);
+/* Queues a reference to a shared buffer.  Returns 0 or -1. */
+int conn_send_ref(struct conn *c, struct sbuf *b);
+/* Marks the connection for a flush at the end of this loop turn. */
+void conn_mark_dirty(struct conn *c);
+/* Flushes every dirty connection (the worker's uv_check callback). */
+void conn_flush_dirty(struct worker *w);
+
+/* Queues the last bytes then drains and closes (see CONN_DRAINING). */
+void conn_drain(struct conn *c, int linger_ms);
+/* Closes at once; safe to call more than once. */
+void conn_close(struct conn *c);
+
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+
+/* Moves c onto list (NULL: off every list). */
+void conn_list_move(struct conn *c, struct conn_list *list);
+
+#endif

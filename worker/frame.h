@@ -1,0 +1,33 @@
+/* frame.h - server-side WebSocket frame headers (RFC 6455 section 5.2).
+ * Server frames are never masked, so one encoded frame serves every
+ * subscriber. */
+#ifndef TIDINGS_FRAME_H
+#define TIDINGS_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FRAME_HEADER_MAX 10
+enum { FRAME_TEXT = 0x1, FRAME_BINARY = 0x2, FRAME_CLOSE = 0x8, FRAME_PING = 0x9, FRAME_PONG = 0xA };
+
+/* Writes a FIN frame header for a payload of len bytes into out; rsv1 sets
+ * the permessage-deflate bit.  Returns the header length (2, 4 or 10). */
+static inline size_t frame_header(uint8_t out[FRAME_HEADER_MAX], int opcode, int rsv1,
+                                  uint64_t len) {
+  out[0] = (uint8_t)(0x80 | (rsv1 ? 0x40 : 0) | (opcode & 0x0f));
+  if (len < 126) {
+    out[1] = (uint8_t)len;
+    return 2;
+  }
+  if (len <= 0xffff) {
+    out[1] = 126;
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+    return 4;
+  }
+  out[1] = 127;
+  for (int i = 0; i < 8; i++) out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+  return 10;
+}
+
+#endif

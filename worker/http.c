@@ -1,0 +1,218 @@
+#include "http.h"
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+static int is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int streq_ci(struct http_str s, const char *lit) {
+  size_t n = strlen(lit);
+  return s.n == n && strncasecmp(s.p, lit, n) == 0;
+}
+
+/* Finds the end of the head ("\r\n\r\n"); returns its length or 0. */
+static size_t head_length(const char *buf, size_t len) {
+  for (size_t i = 3; i < len; i++)
+    if (buf[i] == '\n' && buf[i - 1] == '\r' && buf[i - 2] == '\n' && buf[i - 3] == '\r')
+      return i + 1;
+  return 0;
+}
+
+static void set_header(struct http_request *req, struct http_str name, struct http_str value) {
+  struct {
+    const char *name;
+    struct http_str *field;
+  } known[] = {
+      {"host", &req->host},
+      {"upgrade", &req->upgrade},
+      {"connection", &req->connection},
+      {"sec-websocket-key", &req->ws_key},
+      {"sec-websocket-version", &req->ws_version},
+      {"origin", &req->origin},
+      {"sec-websocket-protocol", &req->ws_protocol},
+      {"sec-websocket-extensions", &req->ws_extensions},
+      {"authorization", &req->authorization},
+  };
+  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+    if (!streq_ci(name, known[i].name)) continue;
+    struct http_str *f = known[i].field;
+    if (f == &req->ws_key && f->p) req->dup_key = 1;
+    /* Repeated list headers (Connection, extensions, protocols) are kept as
+     * the first occurrence; clients send them once in practice. */
+    if (!f->p) *f = value;
+    return;
+  }
+}
+
+int http_parse_request(const char *buf, size_t len, struct http_request *req) {
+  memset(req, 0, sizeof(*req));
+  size_t head = head_length(buf, len);
+  if (!head) {
+    /* Reject garbage early instead of waiting for 8 KiB of it. */
+    for (size_t i = 0; i < len && buf[i] != ' '; i++)
+      if (!is_tchar((unsigned char)buf[i])) return HTTP_EMALFORMED;
+    return HTTP_INCOMPLETE;
+  }
+  const char *p = buf, *end = buf + head - 2; /* end: the final CRLF */
+
+  /* request line: method SP target SP HTTP/1.x CRLF */
+  const char *s = p;
+  while (p < end && is_tchar((unsigned char)*p)) p++;
+  if (p == s || p >= end || *p != ' ') return HTTP_EMALFORMED;
+  req->method = (struct http_str){s, (size_t)(p - s)};
+  s = ++p;
+  while (p < end && (unsigned char)*p > ' ' && *p != 0x7f) p++;
+  if (p == s || p >= end || *p != ' ') return HTTP_EMALFORMED;
+  req->target = (struct http_str){s, (size_t)(p - s)};
+  p++;
+  if (end - p < 10 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' || p[8] != '\r' ||
+      p[9] != '\n')
+    return HTTP_EMALFORMED;
+  req->minor_version = p[7] - '0';
+  p += 10;
+  const char *q = memchr(req->target.p, '?', req->target.n);
+  if (q) {
+    req->path = (struct http_str){req->target.p, (size_t)(q - req->target.p)};
+    req->query = (struct http_str){q + 1, req->target.n - req->path.n - 1};
+  } else {
+    req->path = req->target;
+  }
+
+  /* header fields: name ":" OWS value OWS CRLF */
+  while (p < end) {
+    s = p;
+    while (p < end && is_tchar((unsigned char)*p)) p++;
+    if (p == s || p >= end || *p != ':') return HTTP_EMALFORMED; /* also obs-fold */
+    struct http_str name = {s, (size_t)(p - s)};
+    p++;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    s = p;
+    while (p < end && *p != '\r') {
+      unsigned char c = (unsigned char)*p;
+      if ((c < 0x20 && c != '\t') || c == 0x7f) return HTTP_EMALFORMED;
+      p++;
+    }
+    if (p >= end || p[1] != '\n') return HTTP_EMALFORMED;
+    const char *ve = p;
+    while (ve > s && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+    if (++req->nheaders > HTTP_MAX_HEADERS) return HTTP_EMALFORMED;
+    set_header(req, name, (struct http_str){s, (size_t)(ve - s)});
+    p += 2;
+  }
+  return (int)head;
+}
+
+int http_has_token(struct http_str v, const char *token) {
+  size_t tl = strlen(token), i = 0;
+  while (i < v.n) {
+    while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == ',')) i++;
+    size_t st = i;
+    while (i < v.n && v.p[i] != ',') i++;
+    size_t e = i;
+    while (e > st && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t')) e--;
+    if (e - st == tl && strncasecmp(v.p + st, token, tl) == 0) return 1;
+  }
+  return 0;
+}
+
+int http_wants_websocket(const struct http_request *req) {
+  return req->upgrade.p != NULL || req->ws_key.p != NULL || req->ws_version.p != NULL;
+}
+
+/* Decodes base64 strictly: the Sec-WebSocket-Key must be exactly 24
+ * characters that decode to 16 bytes. */
+static int key_valid(struct http_str key) {
+  if (key.n != 24 || key.p[22] != '=' || key.p[23] != '=') return 0;
+  for (size_t i = 0; i < 22; i++) {
+    char c = key.p[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+          c == '+' || c == '/'))
+      return 0;
+  }
+  /* the last data character carries 2 bits; the 4 unused bits must be 0 */
+  const char *tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const char *pos = strchr(tbl, key.p[21]);
+  return pos && ((pos - tbl) & 0x0f) == 0;
+}
+
+int http_check_upgrade(const struct http_request *req, const char **why) {
+  if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
+    *why = "method must be GET";
+    return 405;
+  }
+  if (req->minor_version < 1) {
+    *why = "HTTP/1.1 required";
+    return 400;
+  }
+  if (!req->host.p || req->host.n == 0) {
+    *why = "missing Host";
+    return 400;
+  }
+  if (!http_has_token(req->upgrade, "websocket")) {
+    *why = "Upgrade must be websocket";
+    return 400;
+  }
+  if (!http_has_token(req->connection, "upgrade")) {
+    *why = "Connection must include upgrade";
+    return 400;
+  }
+  if (!req->ws_version.p || req->ws_version.n != 2 || memcmp(req->ws_version.p, "13", 2) != 0) {
+    *why = "Sec-WebSocket-Version must be 13";
+    return 426;
+  }
+  if (!req->ws_key.p || req->dup_key || !key_valid(req->ws_key)) {
+    *why = "bad Sec-WebSocket-Key";
+    return 400;
+  }
+  *why = "ok";
+  return 0;
+}
+
+void http_accept_key(struct http_str key, char out[29]) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  unsigned char md[SHA_DIGEST_LENGTH];
+  char in[64 + sizeof(guid)];
+  size_t n = key.n > 64 ? 64 : key.n;
+  memcpy(in, key.p, n);
+  memcpy(in + n, guid, sizeof(guid) - 1);
+  SHA1((const unsigned char *)in, n + sizeof(guid) - 1, md);
+  EVP_EncodeBlock((unsigned char *)out, md, SHA_DIGEST_LENGTH);
+  out[28] = '\0';
+}
+
+const char *http_reason(int status) {
+  switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+  }
+}
+
+int http_format_response(char *out, size_t outlen, int status, const char *ctype,
+                         const char *extra, const char *body) {
+  size_t blen = body ? strlen(body) : 0;
+  int n = snprintf(out, outlen,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n%s",
+                   status, http_reason(status), ctype ? ctype : "text/plain", blen,
+                   extra ? extra : "", body ? body : "");
+  if (n < 0 || (size_t)n >= outlen) return -1;
+  return n;
+}

@@ -1,0 +1,216 @@
+#include "worker.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "bus.h"
+#include "conn.h"
+#include "ws.h"
+
+/* Exit status of a worker whose listening socket could not be set up: the
+ * master logs it and backs off. */
+#define WORKER_EXIT_LISTEN 3
+
+static void on_connection(uv_stream_t *server, int status) {
+  struct worker *w = server->data;
+  if (status < 0) {
+    log_warn("accept failed: %s", uv_strerror(status));
+    return;
+  }
+  conn_accept(w);
+}
+
+/* Creates, binds and listens on a socket of our own with SO_REUSEPORT: the
+ * kernel spreads new connections over the workers' sockets.  libuv 1.44 has
+ * no UV_TCP_REUSEPORT, so the socket is made here and handed to libuv. */
+static int listen_socket(struct worker *w) {
+  struct addrinfo hints = {0}, *ai = NULL;
+  char port[16];
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  snprintf(port, sizeof(port), "%d", w->cfg->port);
+  int rc = getaddrinfo(w->cfg->bind, port, &hints, &ai);
+  if (rc != 0) {
+    log_error("cannot resolve --bind %s: %s", w->cfg->bind, gai_strerror(rc));
+    return -1;
+  }
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+      bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+    log_error("cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, strerror(errno));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(ai);
+    return -1;
+  }
+  freeaddrinfo(ai);
+  uv_tcp_init(w->loop, &w->listener);
+  w->listener.data = w;
+  if ((rc = uv_tcp_open(&w->listener, fd)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
+    log_error("cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
+    uv_close((uv_handle_t *)&w->listener, NULL);
+    return -1;
+  }
+  w->listening = 1;
+  return 0;
+}
+
+static void stop_listening(struct worker *w) {
+  if (!w->listening) return;
+  w->listening = 0;
+  uv_close((uv_handle_t *)&w->listener, NULL);
+}
+
+/* Walks a list where the callback may move or close the current entry. */
+#define EACH_CONN(list, c, body)            \
+  do {                                      \
+    struct conn *c = (list).first, *c##_n;  \
+    for (; c; c = c##_n) {                  \
+      c##_n = c->next;                      \
+      body                                  \
+    }                                       \
+  } while (0)
+
+static void heartbeat(struct worker *w) {
+  EACH_CONN(w->open, c, {
+    if (c->awaiting_pong) {
+      log_info("conn %llu %s: no pong within %ds, closing", (unsigned long long)c->id, c->peer,
+               w->cfg->ping_interval);
+      conn_close(c);
+    } else {
+      ws_ping(c);
+    }
+  });
+}
+
+static void on_tick(uv_timer_t *t) {
+  struct worker *w = t->data;
+  uint64_t now = uv_now(w->loop);
+  w->ticks++;
+  EACH_CONN(w->handshaking, c, {
+    if (c->deadline && now >= c->deadline) {
+      if (c->state == CONN_HTTP)
+        log_debug("conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
+      conn_close(c);
+    }
+  });
+  EACH_CONN(w->open, c, {
+    if (c->q.count == 0 && !c->writing) outq_trim(&c->q);
+  });
+  if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);
+}
+
+static void on_check(uv_check_t *h) { conn_flush_dirty(h->data); }
+
+static void finish(struct worker *w) {
+  uv_timer_stop(&w->grace);
+  uv_stop(w->loop);
+}
+
+void worker__conn_gone(struct worker *w) {
+  w->nconns--;
+  if (w->shutting_down && w->nconns == 0) finish(w);
+}
+
+static void on_grace(uv_timer_t *t) {
+  struct worker *w = t->data;
+  log_warn("shutdown grace period over, closing %zu connection(s)", w->nconns);
+  EACH_CONN(w->open, c, { conn_close(c); });
+  EACH_CONN(w->handshaking, c, { conn_close(c); });
+}
+
+void worker_shutdown(struct worker *w) {
+  if (w->shutting_down) return;
+  w->shutting_down = 1;
+  log_info("shutting down: %zu connection(s), grace %ds", w->open.count, w->cfg->shutdown_grace);
+  stop_listening(w);
+  EACH_CONN(w->handshaking, c, {
+    if (c->state == CONN_HTTP) conn_close(c);
+  });
+  EACH_CONN(w->open, c, { ws_close(c, 1001, "server shutting down"); });
+  if (w->nconns == 0) {
+    finish(w);
+    return;
+  }
+  uv_timer_start(&w->grace, on_grace, (uint64_t)w->cfg->shutdown_grace * 1000, 0);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  struct worker *w = s->data;
+  if (signum == SIGHUP) return; /* the master handles reloads */
+  worker_shutdown(w);
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+int worker_main(const struct config *cfg, int id) {
+  char role[32];
+  snprintf(role, sizeof(role), "worker %d", id);
+  log_set_role(role);
+  /* Never outlive the master: it is told to us in TIDINGS_MASTER_PID. */
+  const char *mp = getenv("TIDINGS_MASTER_PID");
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (mp && getppid() != (pid_t)atoi(mp)) return 0;
+  signal(SIGPIPE, SIG_IGN);
+
+  struct worker *w = calloc(1, sizeof(*w));
+  if (!w) return 1;
+  w->cfg = cfg;
+  w->id = id;
+  w->loop = malloc(sizeof(uv_loop_t));
+  if (!w->loop || uv_loop_init(w->loop) != 0 || topics_init(&w->topics) != 0) {
+    log_error("cannot initialize the event loop");
+    return 1;
+  }
+  w->bus = bus_new(w);
+  w->topics.on_first = bus_topic_first;
+  w->topics.on_last = bus_topic_last;
+  w->topics.cb_arg = w->bus;
+  int status = 0;
+  if (!w->bus || listen_socket(w) < 0) {
+    status = WORKER_EXIT_LISTEN;
+  } else {
+    uv_timer_init(w->loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, on_tick, 1000, 1000);
+    uv_timer_init(w->loop, &w->grace);
+    w->grace.data = w;
+    uv_check_init(w->loop, &w->flusher);
+    w->flusher.data = w;
+    uv_check_start(&w->flusher, on_check);
+    uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup};
+    int nums[] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+      uv_signal_init(w->loop, sigs[i]);
+      sigs[i]->data = w;
+      uv_signal_start(sigs[i], on_signal, nums[i]);
+    }
+    log_info("listening on %s:%d", cfg->bind, cfg->port);
+    uv_run(w->loop, UV_RUN_DEFAULT);
+    log_info("stopped");
+  }
+  /* tear down: close every handle, let their callbacks run, free */
+  bus_free(w->bus);
+  w->bus = NULL;
+  uv_walk(w->loop, close_walk, NULL);
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  uv_loop_close(w->loop);
+  topics_free(&w->topics);
+  free(w->loop);
+  free(w);
+  return status;
+}

@@ -1,0 +1,60 @@
+/* worker.h - one worker process: a libuv loop, its listening socket, its
+ * connections and topics.
+ *
+ * Everything here runs on the worker's single loop.  The worker owns every
+ * connection (freed only from uv_close callbacks) and the topic table.  One
+ * 1-second timer drives all deadlines (handshakes, closing handshakes) and
+ * the heartbeat; one uv_check handle flushes the connections that queued
+ * output during the loop turn.
+ */
+#ifndef TIDINGS_WORKER_H
+#define TIDINGS_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "../common/config.h"
+#include "topics.h"
+
+struct conn;
+struct bus;
+
+/* a circular doubly linked list head */
+struct conn_list {
+  struct conn *first;
+  size_t count;
+};
+
+struct worker {
+  uv_loop_t *loop;
+  const struct config *cfg;
+  int id;
+  uv_tcp_t listener;
+  int listening;
+  uv_timer_t tick;    /* 1 s: deadlines and heartbeat */
+  uv_check_t flusher; /* end of each loop turn: flush dirty connections */
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t grace;
+  uint64_t ticks;
+  int shutting_down;
+  struct conn_list handshaking; /* HTTP phase and lingering closes: have deadlines */
+  struct conn_list open;        /* WebSocket sessions */
+  struct conn *dirty;           /* singly linked through conn->dirty_next */
+  struct topics topics;
+  struct bus *bus;
+  uint64_t next_conn_id;
+  size_t nconns; /* accepted and not yet freed from the loop */
+  char readbuf[64 * 1024]; /* every read lands here and is consumed at once */
+};
+
+/* Runs the worker until it shuts down; returns the process exit status. */
+int worker_main(const struct config *cfg, int id);
+
+/* Begins the graceful shutdown (also what SIGTERM does). */
+void worker_shutdown(struct worker *w);
+
+/* Called by conn.c when a connection is gone; ends the shutdown when the
+ * last one leaves. */
+void worker__conn_gone(struct worker *w);
+
+#endif

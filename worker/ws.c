@@ -1,0 +1,178 @@
+#include "ws.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/utf8.h"
+#include "bus.h"
+#include "conn.h"
+#include "proto.h"
+#include "worker.h"
+
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *user) {
+  (void)flags;
+  struct conn *c = user;
+  if (c->rlen == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = len < c->rlen ? len : c->rlen;
+  memcpy(buf, c->rptr, n);
+  c->rptr += n;
+  c->rlen -= n;
+  return (ssize_t)n;
+}
+
+static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *user) {
+  (void)flags;
+  struct conn *c = user;
+  if (conn_send_copy(c, data, len) < 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return (ssize_t)len;
+}
+
+/* ---- the JSON protocol, bound to this connection ---- */
+
+static int op_send(void *ctx, const char *msg, size_t len) {
+  struct conn *c = ctx;
+  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)msg, len};
+  return wslay_event_queue_msg(c->ws, &m) == 0 ? 0 : -1;
+}
+
+static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
+  struct conn *c = ctx;
+  struct worker *w = c->w;
+  if (c->nsubs >= w->cfg->max_subscriptions) {
+    /* subscribing again to a topic already held is still fine */
+    for (struct sub *s = c->subs; s; s = s->cnext)
+      if (s->topic->len == tlen && memcmp(s->topic->name, topic, tlen) == 0) return PROTO_OK;
+    return PROTO_ETOOMANY;
+  }
+  int rc = topics_subscribe(&w->topics, &c->subs, c, topic, tlen);
+  if (rc < 0) return PROTO_EINTERNAL;
+  c->nsubs += rc;
+  return PROTO_OK;
+}
+
+static int op_unsubscribe(void *ctx, const char *topic, size_t tlen) {
+  struct conn *c = ctx;
+  if (topics_unsubscribe(&c->w->topics, &c->subs, topic, tlen) == 0) return PROTO_ENOTSUB;
+  c->nsubs--;
+  return PROTO_OK;
+}
+
+static int op_publish(void *ctx, const char *topic, size_t tlen, const char *payload,
+                      size_t plen, const char *id_json) {
+  struct conn *c = ctx;
+  return bus_publish(c->w->bus, c, topic, tlen, payload, plen, id_json);
+}
+
+const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send};
+
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *user) {
+  (void)ctx;
+  struct conn *c = user;
+  if (c->close_queued) return; /* failing the connection: ignore the rest */
+  switch (arg->opcode) {
+    case WSLAY_TEXT_FRAME:
+      if (!utf8_valid(arg->msg, arg->msg_length)) {
+        ws_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text message");
+        return;
+      }
+      if (c->kind == CONN_ECHO) {
+        op_send(c, (const char *)arg->msg, arg->msg_length);
+        return;
+      }
+      proto_handle(&ws_proto_ops, c, (const char *)arg->msg, arg->msg_length);
+      return;
+    case WSLAY_BINARY_FRAME:
+      if (c->kind == CONN_ECHO) {
+        struct wslay_event_msg m = {WSLAY_BINARY_FRAME, arg->msg, arg->msg_length};
+        wslay_event_queue_msg(c->ws, &m);
+        return;
+      }
+      ws_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary messages are not supported");
+      return;
+    case WSLAY_PONG:
+      c->awaiting_pong = 0;
+      return;
+    case WSLAY_CONNECTION_CLOSE:
+      if (arg->msg_length > 2 && !utf8_valid(arg->msg + 2, arg->msg_length - 2))
+        log_debug("conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
+      return;
+    default:
+      return;
+  }
+}
+
+static void pump(struct conn *c) {
+  if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_mark_dirty(c);
+  if (wslay_event_get_close_sent(c->ws) && c->state == CONN_WS) {
+    c->close_queued = 1;
+    conn_drain(c, 5000);
+  }
+}
+
+int ws_start(struct conn *c) {
+  struct wslay_event_callbacks cbs = {recv_cb, send_cb, NULL, NULL, NULL, NULL, on_msg};
+  if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) return -1;
+  wslay_event_config_set_max_recv_msg_length(c->ws, c->w->cfg->max_message_size);
+  return 0;
+}
+
+void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
+  if (!wslay_event_want_read(c->ws)) return; /* closing: discard */
+  c->rptr = data;
+  c->rlen = len;
+  int rc = wslay_event_recv(c->ws);
+  c->rptr = NULL;
+  c->rlen = 0;
+  if (rc < 0) {
+    conn_close(c);
+    return;
+  }
+  if (c->state == CONN_CLOSED) return;
+  pump(c);
+}
+
+void ws_close(struct conn *c, uint16_t code, const char *reason) {
+  if (!c->ws || c->state == CONN_CLOSED) return;
+  if (!c->close_queued) {
+    c->close_queued = 1;
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > 120) rl = 120;
+    wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl);
+  }
+  pump(c);
+}
+
+void ws_ping(struct conn *c) {
+  struct wslay_event_msg m = {WSLAY_PING, NULL, 0};
+  if (wslay_event_queue_msg(c->ws, &m) == 0) {
+    c->awaiting_pong = 1;
+    pump(c);
+  }
+}
+
+int ws_close_received(const struct conn *c) {
+  return c->ws && wslay_event_get_close_received(c->ws);
+}
+
+int ws_can_send(const struct conn *c) {
+  return c->state == CONN_WS && !c->close_queued;
+}
+
+void ws_free(struct conn *c) {
+  if (c->ws) wslay_event_context_free(c->ws);
+  c->ws = NULL;
+}
