@@ -20,10 +20,11 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    := $(PKG_LIBS) -lwslay
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c
+COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
+              common/redisaddr.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c
-BUS_SRC    := worker/bus_local.c
+BUS_SRC    := redis/bridge.c
 MASTER_SRC := master/master.c master/main.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "redisaddr.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -202,12 +204,17 @@ void config_usage(FILE *out, const char *prog) {
 }
 
 void config_log(const struct config *c) {
+  char where[200] = "embedded";
+  struct redis_addr ra;
+  char err[256];
+  if (c->redis[0] && redis_addr_parse(c->redis, &ra, err, sizeof(err)) == 0)
+    redis_addr_describe(&ra, where, sizeof(where));
   log_info("options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
            log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
-           c->redis[0] ? "(configured)" : "embedded", c->redis_prefix,
+           where, c->redis_prefix,
            c->proxy_protocol ? "on" : "off");
 }

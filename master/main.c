@@ -1,19 +1,36 @@
 /* tidings: the entry point of the master and of every worker.  The master
  * re-executes this binary for each worker with TIDINGS_WORKER_ID set. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "../common/config.h"
 #include "../common/log.h"
+#include "../common/redisaddr.h"
 #include "../worker/worker.h"
 #include "master.h"
 
 #define TIDINGS_VERSION "0.1.0"
 
+/* The embedded redis-server is started through this binary so that it is
+ * killed with the master even if the master is killed outright: the
+ * parent-death signal survives execve. */
+static int exec_shim(char **argv) {
+  const char *mp = getenv("TIDINGS_MASTER_PID");
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (mp && getppid() != (pid_t)atoi(mp)) return 1;
+  unsetenv("TIDINGS_EXEC_SHIM");
+  execv(argv[1], argv + 1);
+  fprintf(stderr, "tidings: cannot run %s\n", argv[1]);
+  return 127;
+}
+
 int main(int argc, char **argv) {
   struct config cfg;
   char err[256];
+  if (getenv("TIDINGS_EXEC_SHIM") && argc > 1) return exec_shim(argv);
   if (config_parse(&cfg, argc, argv, err, sizeof(err)) < 0) {
     fprintf(stderr, "tidings: %s\n", err);
     return EXIT_CONFIG;
@@ -34,11 +51,24 @@ int main(int argc, char **argv) {
   const char *wid = getenv("TIDINGS_WORKER_ID");
   if (wid && *wid) return worker_main(&cfg, atoi(wid));
 
+  const char *redis_server = NULL;
+  if (cfg.redis[0]) {
+    struct redis_addr ra;
+    if (redis_addr_parse(cfg.redis, &ra, err, sizeof(err)) < 0) {
+      fprintf(stderr, "tidings: %s\n", err);
+      return EXIT_CONFIG;
+    }
+  } else if (!(redis_server = master_find_redis_server())) {
+    fprintf(stderr,
+            "tidings: redis-server not found: install Debian's redis-server package "
+            "(apt-get install redis-server) or pass --redis redis://host:port\n");
+    return EXIT_CONFIG;
+  }
   if (master_probe_listen(&cfg, err, sizeof(err)) < 0) {
     fprintf(stderr, "tidings: %s\n", err);
     return EXIT_CONFIG;
   }
   log_info("tidings %s starting", TIDINGS_VERSION);
   config_log(&cfg);
-  return master_main(&cfg, argc, argv);
+  return master_main(&cfg, argc, argv, redis_server);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -45,6 +46,19 @@ struct master {
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t kill_timer;
   int stopping;
+  int workers_started;
+  /* the embedded redis-server (when --redis is not given) */
+  int embedded;
+  const char *redis_server;
+  char redis_dir[64];
+  char redis_sock[100];
+  char redis_env[128];
+  uv_process_t redis_proc;
+  int redis_running, redis_signaled;
+  unsigned redis_failures;
+  uint64_t redis_started;
+  uv_timer_t redis_timer; /* readiness polling and restart backoff */
+  int redis_polls;
 };
 
 int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
@@ -73,9 +87,18 @@ int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
 
 static void spawn(struct master *m, int slot);
 
-/* Once stopping and childless, closing our handles lets uv_run return. */
+/* Once stopping and childless, closing our handles lets uv_run return.
+ * The embedded Redis goes last, after every worker has left. */
 static void maybe_finish(struct master *m) {
   if (!m->stopping || m->children) return;
+  if (m->redis_running) {
+    if (!m->redis_signaled) {
+      m->redis_signaled = 1;
+      uv_process_kill(&m->redis_proc, SIGTERM);
+    }
+    return;
+  }
+  if (m->embedded) uv_close((uv_handle_t *)&m->redis_timer, NULL);
   uv_close((uv_handle_t *)&m->sig_term, NULL);
   uv_close((uv_handle_t *)&m->sig_int, NULL);
   uv_close((uv_handle_t *)&m->sig_hup, NULL);
@@ -169,6 +192,93 @@ static void spawn(struct master *m, int slot) {
   log_info("worker %d started (pid %d)", slot + 1, ch->proc.pid);
 }
 
+
+/* ---- the embedded redis-server ---- */
+
+static void spawn_redis(struct master *m);
+static void start_workers(struct master *m);
+
+static void on_redis_timer(uv_timer_t *t) {
+  struct master *m = t->data;
+  if (!m->redis_running) {
+    if (!m->stopping) spawn_redis(m);
+    return;
+  }
+  if (m->workers_started) return;
+  /* poll the socket until Redis accepts connections, then start workers */
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", m->redis_sock);
+  int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+  if (fd >= 0) close(fd);
+  if (ok || ++m->redis_polls > 250) {
+    if (!ok) log_warn("embedded redis-server not answering after 5 s; starting workers anyway");
+    start_workers(m);
+    return;
+  }
+  uv_timer_start(&m->redis_timer, on_redis_timer, 20, 0);
+}
+
+static void on_redis_exit(uv_process_t *p, int64_t status, int sig) {
+  struct master *m = p->data;
+  m->redis_running = 0;
+  if (m->stopping) {
+    log_info("embedded redis-server exited");
+  } else {
+    if (sig) log_error("embedded redis-server (pid %d) was killed by signal %d", p->pid, sig);
+    else log_error("embedded redis-server (pid %d) exited with status %lld", p->pid, (long long)status);
+    if (uv_now(m->loop) - m->redis_started >= STABLE_MS) m->redis_failures = 0;
+    uint64_t delay = BACKOFF_MIN_MS;
+    for (unsigned i = 0; i < m->redis_failures && delay < BACKOFF_MAX_MS; i++) delay *= 2;
+    if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
+    m->redis_failures++;
+    log_info("restarting embedded redis-server in %llu ms", (unsigned long long)delay);
+    uv_timer_start(&m->redis_timer, on_redis_timer, delay, 0);
+  }
+  uv_close((uv_handle_t *)p, NULL);
+  if (m->stopping) {
+    unlink(m->redis_sock);
+    rmdir(m->redis_dir);
+    maybe_finish(m);
+  }
+}
+
+static void spawn_redis(struct master *m) {
+  const char *args[] = {"tidings-redis", m->redis_server, "--port", "0", "--unixsocket",
+                  m->redis_sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                  "--dir", m->redis_dir, "--daemonize", "no", "--loglevel", "warning",
+                  "--databases", "1", NULL};
+  const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->env[1] /* TIDINGS_MASTER_PID */, NULL};
+  uv_stdio_container_t stdio[3] = {
+      {UV_IGNORE, {0}}, {UV_INHERIT_FD, {.fd = 2}}, {UV_INHERIT_FD, {.fd = 2}}};
+  uv_process_options_t o = {0};
+  o.exit_cb = on_redis_exit;
+  o.file = "/proc/self/exe";
+  o.args = (char **)args; /* libuv does not write to them */
+  o.env = (char **)env;
+  o.stdio = stdio;
+  o.stdio_count = 3;
+  m->redis_proc.data = m;
+  int rc = uv_spawn(m->loop, &m->redis_proc, &o);
+  if (rc != 0) {
+    log_error("cannot start %s: %s", m->redis_server, uv_strerror(rc));
+    m->redis_failures++;
+    uv_timer_start(&m->redis_timer, on_redis_timer, BACKOFF_MAX_MS, 0);
+    return;
+  }
+  m->redis_running = 1;
+  m->redis_signaled = 0;
+  m->redis_started = uv_now(m->loop);
+  m->redis_polls = 0;
+  log_info("embedded redis-server started (pid %d) on unix:%s", m->redis_proc.pid, m->redis_sock);
+  if (!m->workers_started) uv_timer_start(&m->redis_timer, on_redis_timer, 10, 0);
+}
+
+static void start_workers(struct master *m) {
+  m->workers_started = 1;
+  for (int i = 0; i < m->nslots; i++) spawn(m, i);
+}
+
 static void signal_children(struct master *m, int sig, int only_retiring) {
   for (struct child *ch = m->children; ch; ch = ch->next)
     if (!only_retiring || ch->retiring) uv_process_kill(&ch->proc, sig);
@@ -212,7 +322,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 extern char **environ;
 
-int master_main(struct config *cfg, int argc, char **argv) {
+int master_main(struct config *cfg, int argc, char **argv, const char *redis_server) {
   (void)argc;
   signal(SIGPIPE, SIG_IGN);
   struct master *m = calloc(1, sizeof(*m));
@@ -222,11 +332,23 @@ int master_main(struct config *cfg, int argc, char **argv) {
   m->nslots = cfg->workers;
   size_t n = 0;
   while (environ[n]) n++;
-  m->env = calloc(n + 3, sizeof(char *));
+  m->env = calloc(n + 4, sizeof(char *));
   char pidvar[48];
   snprintf(pidvar, sizeof(pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
   size_t k = 1; /* slot 0: the worker id, set per spawn */
   m->env[k++] = pidvar;
+  if (redis_server) {
+    m->embedded = 1;
+    m->redis_server = redis_server;
+    snprintf(m->redis_dir, sizeof(m->redis_dir), "/tmp/tidings-XXXXXX");
+    if (!mkdtemp(m->redis_dir)) {
+      log_error("cannot create a directory for the embedded redis-server: %s", strerror(errno));
+      return 1;
+    }
+    snprintf(m->redis_sock, sizeof(m->redis_sock), "%s/redis.sock", m->redis_dir);
+    snprintf(m->redis_env, sizeof(m->redis_env), "TIDINGS_REDIS=unix:%s", m->redis_sock);
+    m->env[k++] = m->redis_env;
+  }
   for (size_t i = 0; i < n; i++)
     if (strncmp(environ[i], "TIDINGS_WORKER_ID=", 18) && strncmp(environ[i], "TIDINGS_MASTER_PID=", 19))
       m->env[k++] = environ[i];
@@ -247,11 +369,34 @@ int master_main(struct config *cfg, int argc, char **argv) {
     uv_timer_init(m->loop, &m->slots[i].restart);
     m->slots[i].restart.data = m;
   }
-  for (int i = 0; i < m->nslots; i++) spawn(m, i);
+  if (m->embedded) {
+    uv_timer_init(m->loop, &m->redis_timer);
+    m->redis_timer.data = m;
+    spawn_redis(m);
+  } else {
+    start_workers(m);
+  }
   uv_run(m->loop, UV_RUN_DEFAULT);
   uv_loop_close(m->loop);
   free(m->env);
   free(m);
   log_info("all workers stopped, exiting");
   return 0;
+}
+
+const char *master_find_redis_server(void) {
+  static char path[4096];
+  const char *env = getenv("TIDINGS_REDIS_SERVER");
+  if (env && *env) return access(env, X_OK) == 0 ? env : NULL;
+  const char *p = getenv("PATH");
+  if (!p || !*p) p = "/usr/local/bin:/usr/bin:/bin";
+  while (*p) {
+    const char *e = strchr(p, ':');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    snprintf(path, sizeof(path), "%.*s/redis-server", (int)n, p);
+    if (n && access(path, X_OK) == 0) return path;
+    p += n + (e ? 1 : 0);
+  }
+  if (access("/usr/bin/redis-server", X_OK) == 0) return "/usr/bin/redis-server";
+  return NULL;
 }

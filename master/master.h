@@ -19,7 +19,12 @@
  * by another server.  Returns 0, or -1 with one line in err. */
 int master_probe_listen(const struct config *cfg, char *err, size_t errlen);
 
-/* Runs the master until shutdown; returns the exit status. */
-int master_main(struct config *cfg, int argc, char **argv);
+/* Runs the master until shutdown; returns the exit status.  redis_server
+ * is the path of redis-server to run embedded, or NULL when --redis names
+ * an external Redis. */
+int master_main(struct config *cfg, int argc, char **argv, const char *redis_server);
+
+/* Finds redis-server on PATH; returns a static path or NULL. */
+const char *master_find_redis_server(void);
 
 #endif

@@ -161,6 +161,9 @@ int worker_main(const struct config *cfg, int id) {
   char role[32];
   snprintf(role, sizeof(role), "worker %d", id);
   log_set_role(role);
+  char comm[16];
+  snprintf(comm, sizeof(comm), "tidings-w%d", id);
+  prctl(PR_SET_NAME, comm);
   /* Never outlive the master: it is told to us in TIDINGS_MASTER_PID. */
   const char *mp = getenv("TIDINGS_MASTER_PID");
   prctl(PR_SET_PDEATHSIG, SIGTERM);

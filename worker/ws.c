@@ -41,7 +41,10 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 static int op_send(void *ctx, const char *msg, size_t len) {
   struct conn *c = ctx;
   struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)msg, len};
-  return wslay_event_queue_msg(c->ws, &m) == 0 ? 0 : -1;
+  if (c->state == CONN_CLOSED || wslay_event_queue_msg(c->ws, &m) != 0) return -1;
+  /* the send callback copies the frame into the outq at once */
+  if (wslay_event_send(c->ws) < 0) return -1;
+  return 0;
 }
 
 static int op_subscribe(void *ctx, const char *topic, size_t tlen) {

@@ -15,6 +15,12 @@
 #include <stdint.h>
 
 struct conn;
+struct proto_ops;
+
+/* The JSON protocol bound to a connection (ctx is the struct conn *);
+ * its send queues a text frame at once, so replies may be sent from any
+ * callback, also after the request (publish acknowledgements). */
+extern const struct proto_ops ws_proto_ops;
 
 /* Creates the session once the 101 response is queued.  Returns 0 or -1. */
 int ws_start(struct conn *c);
