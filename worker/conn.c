@@ -7,6 +7,7 @@
 #include "../common/log.h"
 #include "bus.h"
 #include "http.h"
+#include "proxy.h"
 #include "worker.h"
 #include "ws.h"
 
@@ -73,10 +74,8 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   buf->len = sizeof(c->w->readbuf);
 }
 
-static void peer_name(struct conn *c) {
-  struct sockaddr_storage ss;
-  int sl = sizeof(ss);
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0) return;
+static void describe_peer(struct conn *c) {
+  const struct sockaddr_storage ss = c->addr;
   char ip[INET6_ADDRSTRLEN] = "?";
   int port = 0;
   if (ss.ss_family == AF_INET) {
@@ -108,7 +107,10 @@ void conn_accept(struct worker *w) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  peer_name(c);
+  int sl = sizeof(c->addr);
+  uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &sl);
+  describe_peer(c);
+  c->need_proxy = w->cfg->proxy_protocol;
   c->state = CONN_HTTP;
   c->deadline = uv_now(w->loop) + (uint64_t)w->cfg->handshake_timeout * 1000;
   conn_list_move(c, &w->handshaking);
@@ -335,6 +337,25 @@ static void http_input(struct conn *c, const char *data, size_t len) {
   size_t take = len < room ? len : room;
   memcpy(c->hbuf + c->hlen, data, take);
   c->hlen += take;
+  if (c->need_proxy) {
+    /* behind HAProxy: the PROXY v2 header comes first and is required */
+    struct proxy_info pi;
+    int pr = proxy_parse((const uint8_t *)c->hbuf, c->hlen, &pi);
+    if (pr == PROXY_INCOMPLETE) return;
+    if (pr < 0) {
+      log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id, c->peer);
+      conn_close(c);
+      return;
+    }
+    c->need_proxy = 0;
+    if (!pi.local) {
+      c->addr = pi.src;
+      describe_peer(c);
+    }
+    memmove(c->hbuf, c->hbuf + pr, c->hlen - (size_t)pr);
+    c->hlen -= (size_t)pr;
+    if (c->hlen == 0) return;
+  }
   struct http_request req;
   int r = http_parse_request(c->hbuf, c->hlen, &req);
   if (r == HTTP_INCOMPLETE) {

@@ -46,6 +46,7 @@ struct conn {
   unsigned awaiting_pong : 1;
   unsigned read_paused : 1;
   unsigned close_queued : 1;   /* we queued a close frame */
+  unsigned need_proxy : 1;     /* --proxy-protocol: header not yet seen */
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;
   int refs;                    /* async operations still pointing here */
@@ -59,6 +60,7 @@ struct conn {
   struct sub *subs;
   int nsubs;
   struct outq q;
+  struct sockaddr_storage addr; /* the client's address (PROXY header's when behind HAProxy) */
   char peer[64];
 };
 
