@@ -23,7 +23,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
               common/redisaddr.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
-              worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c
+              worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c
 BUS_SRC    := redis/bridge.c
 MASTER_SRC := master/master.c master/main.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
@@ -31,7 +31,7 @@ SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
 UNIT_LIB_SRC := $(COMMON_SRC) worker/http.c worker/proto.c worker/outq.c worker/topics.c \
-                worker/proxy.c
+                worker/proxy.c worker/pmd.c
 
 all: bin/tidings
 

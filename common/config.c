@@ -43,6 +43,10 @@ static const struct opt opts[] = {
      "redis://[:password@]host:port[/db] or unix:/path (empty = embedded redis-server)"},
     {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
      "prefix of the Redis channel of every topic"},
+    {"no-compression", OPT_BOOL, OFF(no_compression), 0, 1, "0",
+     "never negotiate permessage-deflate"},
+    {"compression-threshold", OPT_SIZE, OFF(compression_threshold), 0, 64LL << 20, "256",
+     "notifications smaller than this many bytes are sent uncompressed"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
 };
@@ -211,10 +215,12 @@ void config_log(const struct config *c) {
     redis_addr_describe(&ra, where, sizeof(where));
   log_info("options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
-           "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s",
+           "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
+           "compression-threshold=%zu",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
            log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
            where, c->redis_prefix,
-           c->proxy_protocol ? "on" : "off");
+           c->proxy_protocol ? "on" : "off", c->no_compression ? "off" : "permessage-deflate",
+           c->compression_threshold);
 }

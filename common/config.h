@@ -33,6 +33,8 @@ struct config {
   const char *redis;       /* "" = embedded redis-server */
   const char *redis_prefix;
   int proxy_protocol;      /* bool */
+  int no_compression;      /* bool: never negotiate permessage-deflate */
+  size_t compression_threshold; /* smaller messages go uncompressed */
   int help;
   int version;
 };

@@ -8,6 +8,7 @@
 #include "../common/utf8.h"
 #include "conn.h"
 #include "frame.h"
+#include "pmd.h"
 #include "topics.h"
 #include "worker.h"
 #include "ws.h"
@@ -102,15 +103,28 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
     payload = enc;
     plen = strlen(enc);
   }
-  struct sbuf *frame = build_frame(topic, tlen, payload, plen);
+  struct sbuf *plain = build_frame(topic, tlen, payload, plen);
   free(enc);
-  if (!frame) return 0;
+  if (!plain) return 0;
+  /* Compressed forms are made on first need, once per window size (one in
+   * practice): never once per subscriber. */
+  struct sbuf *deflated[PMD_MAX_BITS + 1] = {0};
+  size_t hdr = plain->data[1] < 126 ? 2 : plain->data[1] == 126 ? 4 : 10;
+  size_t jlen = plain->len - hdr;
+  int compress = !w->cfg->no_compression && jlen >= w->cfg->compression_threshold;
   size_t n = 0;
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
-    if (conn_send_ref(c, frame) == 0) n++;
+    struct sbuf *f = plain;
+    if (compress && c->pmd) {
+      unsigned bits = c->pmd_bits;
+      if (!deflated[bits]) deflated[bits] = pmd_frame(&w->pmd, (int)bits, FRAME_TEXT, plain->data + hdr, jlen);
+      if (deflated[bits]) f = deflated[bits];
+    }
+    if (conn_send_ref(c, f) == 0) n++;
   }
-  sbuf_unref(frame);
+  sbuf_unref(plain);
+  for (int b = 0; b <= PMD_MAX_BITS; b++) sbuf_unref(deflated[b]);
   return n;
 }

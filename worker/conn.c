@@ -7,6 +7,7 @@
 #include "../common/log.h"
 #include "bus.h"
 #include "http.h"
+#include "pmd.h"
 #include "proxy.h"
 #include "worker.h"
 #include "ws.h"
@@ -264,12 +265,21 @@ static int path_is(struct http_str p, const char *lit) {
 
 static int upgrade(struct conn *c, const struct http_request *req, enum conn_kind kind) {
   char accept[29];
-  char resp[256];
+  char resp[512];
+  char ext[160] = "";
   http_accept_key(req->ws_key, accept);
+  struct pmd_params pp;
+  char pmd_resp[128];
+  if (!c->w->cfg->no_compression && req->ws_extensions.p &&
+      pmd_negotiate(req->ws_extensions.p, req->ws_extensions.n, &pp, pmd_resp, sizeof(pmd_resp))) {
+    c->pmd = 1;
+    c->pmd_bits = (unsigned)pp.server_bits;
+    snprintf(ext, sizeof(ext), "Sec-WebSocket-Extensions: %s\r\n", pmd_resp);
+  }
   int n = snprintf(resp, sizeof(resp),
                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                   accept);
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+                   accept, ext);
   c->kind = kind;
   if (ws_start(c) < 0) {
     respond(c, 500, NULL, "Internal server error\n");

@@ -47,6 +47,8 @@ struct conn {
   unsigned read_paused : 1;
   unsigned close_queued : 1;   /* we queued a close frame */
   unsigned need_proxy : 1;     /* --proxy-protocol: header not yet seen */
+  unsigned pmd : 1;            /* permessage-deflate negotiated */
+  unsigned pmd_bits : 4;       /* the window we may compress with */
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;
   int refs;                    /* async operations still pointing here */

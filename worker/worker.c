@@ -179,6 +179,7 @@ int worker_main(const struct config *cfg, int id) {
     log_error("cannot initialize the event loop");
     return 1;
   }
+  pmd_init(&w->pmd, cfg->max_message_size);
   w->bus = bus_new(w);
   w->topics.on_first = bus_topic_first;
   w->topics.on_last = bus_topic_last;
@@ -213,6 +214,7 @@ int worker_main(const struct config *cfg, int id) {
   uv_run(w->loop, UV_RUN_DEFAULT);
   uv_loop_close(w->loop);
   topics_free(&w->topics);
+  pmd_free(&w->pmd);
   free(w->loop);
   free(w);
   return status;

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "../common/config.h"
+#include "pmd.h"
 #include "topics.h"
 
 struct conn;
@@ -42,6 +43,7 @@ struct worker {
   struct conn *dirty;           /* singly linked through conn->dirty_next */
   struct topics topics;
   struct bus *bus;
+  struct pmd pmd; /* permessage-deflate streams shared by all connections */
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */

@@ -82,21 +82,34 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   (void)ctx;
   struct conn *c = user;
   if (c->close_queued) return; /* failing the connection: ignore the rest */
+  const uint8_t *msg = arg->msg;
+  size_t mlen = arg->msg_length;
+  if ((arg->rsv & WSLAY_RSV1_BIT) && (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
+    int rc = pmd_inflate(&c->w->pmd, arg->msg, arg->msg_length, &msg, &mlen);
+    if (rc == PMD_ETOOBIG) {
+      ws_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
+      return;
+    }
+    if (rc != PMD_OK) {
+      ws_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "cannot inflate message");
+      return;
+    }
+  }
   switch (arg->opcode) {
     case WSLAY_TEXT_FRAME:
-      if (!utf8_valid(arg->msg, arg->msg_length)) {
+      if (!utf8_valid(msg, mlen)) {
         ws_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text message");
         return;
       }
       if (c->kind == CONN_ECHO) {
-        op_send(c, (const char *)arg->msg, arg->msg_length);
+        op_send(c, (const char *)msg, mlen);
         return;
       }
-      proto_handle(&ws_proto_ops, c, (const char *)arg->msg, arg->msg_length);
+      proto_handle(&ws_proto_ops, c, (const char *)msg, mlen);
       return;
     case WSLAY_BINARY_FRAME:
       if (c->kind == CONN_ECHO) {
-        struct wslay_event_msg m = {WSLAY_BINARY_FRAME, arg->msg, arg->msg_length};
+        struct wslay_event_msg m = {WSLAY_BINARY_FRAME, msg, mlen};
         wslay_event_queue_msg(c->ws, &m);
         return;
       }
@@ -130,6 +143,7 @@ int ws_start(struct conn *c) {
   struct wslay_event_callbacks cbs = {recv_cb, send_cb, NULL, NULL, NULL, NULL, on_msg};
   if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) return -1;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->w->cfg->max_message_size);
+  if (c->pmd) wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
   return 0;
 }
 
