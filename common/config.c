@@ -47,6 +47,13 @@ static const struct opt opts[] = {
      "never negotiate permessage-deflate"},
     {"compression-threshold", OPT_SIZE, OFF(compression_threshold), 0, 64LL << 20, "256",
      "notifications smaller than this many bytes are sent uncompressed"},
+    {"max-queued-bytes", OPT_SIZE, OFF(max_queued_bytes), 4096, 1LL << 30, "1m",
+     "outgoing bytes queued per connection before the slow-subscriber policy applies"},
+    {"slow-policy", OPT_STR, OFF(slow_policy), 0, 0, "drop",
+     "for a subscriber over --max-queued-bytes: drop (skip messages, report the count in "
+     "the next notification's \"missed\") or disconnect (close 1013 after --slow-grace)"},
+    {"slow-grace", OPT_INT, OFF(slow_grace), 0, 3600, "5",
+     "seconds a subscriber may stay over --max-queued-bytes before the disconnect policy acts"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
 };
@@ -124,7 +131,7 @@ static const struct opt *find_opt(const char *name, size_t len) {
   return NULL;
 }
 
-static int check(const struct config *cfg, char *err, size_t errlen) {
+static int check(struct config *cfg, char *err, size_t errlen) {
   if (cfg->echo_path[0] && cfg->echo_path[0] != '/') {
     snprintf(err, errlen, "--echo-path must start with '/', got '%s'", cfg->echo_path);
     return -1;
@@ -137,6 +144,11 @@ static int check(const struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "--bind must not be empty");
     return -1;
   }
+  if (strcmp(cfg->slow_policy, "drop") && strcmp(cfg->slow_policy, "disconnect")) {
+    snprintf(err, errlen, "--slow-policy expects drop or disconnect, got '%s'", cfg->slow_policy);
+    return -1;
+  }
+  cfg->slow_disconnect = strcmp(cfg->slow_policy, "disconnect") == 0;
   if (strlen(cfg->redis_prefix) > 64) {
     snprintf(err, errlen, "--redis-prefix is longer than 64 bytes");
     return -1;
@@ -216,11 +228,11 @@ void config_log(const struct config *c) {
   log_info("options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
-           "compression-threshold=%zu",
+           "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
            log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
            where, c->redis_prefix,
            c->proxy_protocol ? "on" : "off", c->no_compression ? "off" : "permessage-deflate",
-           c->compression_threshold);
+           c->compression_threshold, c->max_queued_bytes, c->slow_policy, c->slow_grace);
 }

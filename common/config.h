@@ -35,6 +35,10 @@ struct config {
   int proxy_protocol;      /* bool */
   int no_compression;      /* bool: never negotiate permessage-deflate */
   size_t compression_threshold; /* smaller messages go uncompressed */
+  size_t max_queued_bytes; /* per connection, before the slow policy applies */
+  const char *slow_policy; /* "drop" or "disconnect" */
+  int slow_disconnect;     /* slow_policy == "disconnect" */
+  int slow_grace;          /* seconds over the cap before disconnecting */
   int help;
   int version;
 };

@@ -12,10 +12,11 @@
 #include "worker.h"
 #include "ws.h"
 
-/* Above this many queued bytes we stop reading from the client until the
- * queue drains; above the hard limit the connection is dropped. */
-#define OUTQ_PAUSE_READ (1u << 20)
-#define OUTQ_HARD_LIMIT (16u << 20)
+/* Over --max-queued-bytes we stop reading from the client until the queue
+ * drains, and broadcasts skip it (the slow-subscriber policy).  Replies and
+ * control frames are always queued; the hard limit catches a client that
+ * makes them pile up anyway. */
+#define OUTQ_HARD_LIMIT(w) ((w)->cfg->max_queued_bytes * 4 + (1u << 20))
 #define IOV_BATCH 64
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -144,6 +145,24 @@ int conn_send_ref(struct conn *c, struct sbuf *b) {
 
 static void conn_flush(struct conn *c);
 
+int conn_over_cap(struct conn *c) {
+  if (c->q.bytes < c->w->cfg->max_queued_bytes) return 0;
+  if (!c->over_since) c->over_since = uv_now(c->w->loop) | 1;
+  return 1;
+}
+
+void conn_slow_close(struct conn *c) {
+  /* keep what the kernel has started on: the in-flight write, or a
+   * partly written first entry */
+  uint32_t keep = c->inflight;
+  if (keep == 0 && c->q.count > 0 && c->q.ring[c->q.head & (c->q.cap - 1)].off > 0) keep = 1;
+  outq_truncate(&c->q, keep);
+  log_info("conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
+           (unsigned long long)c->id, c->peer, c->w->cfg->max_queued_bytes, c->w->cfg->slow_grace);
+  c->w->stats.slow_disconnects++;
+  ws_close(c, 1013, "too slow: queued data over the limit");
+}
+
 static void on_write(uv_write_t *req, int status) {
   struct conn *c = req->data;
   c->writing = 0;
@@ -179,7 +198,7 @@ static void drained(struct conn *c) {
 static void conn_flush(struct conn *c) {
   struct iovec iov[IOV_BATCH];
   if (c->state == CONN_CLOSED || c->writing) return;
-  if (c->q.bytes > OUTQ_HARD_LIMIT) {
+  if (c->q.bytes > OUTQ_HARD_LIMIT(c->w)) {
     log_warn("conn %llu %s: %zu bytes queued, over the limit: disconnecting",
              (unsigned long long)c->id, c->peer, c->q.bytes);
     conn_close(c);
@@ -214,10 +233,12 @@ static void conn_flush(struct conn *c) {
       break;
     }
   }
-  if (c->read_paused && c->q.bytes < OUTQ_PAUSE_READ / 2) {
+  size_t cap = c->w->cfg->max_queued_bytes;
+  if (c->q.bytes < cap) c->over_since = 0;
+  if (c->read_paused && c->q.bytes < cap / 2) {
     c->read_paused = 0;
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
-  } else if (!c->read_paused && c->q.bytes >= OUTQ_PAUSE_READ && c->state != CONN_DRAINING) {
+  } else if (!c->read_paused && c->q.bytes >= cap && c->state != CONN_DRAINING) {
     c->read_paused = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
   }

@@ -52,6 +52,8 @@ struct conn {
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;
   int refs;                    /* async operations still pointing here */
+  uint64_t over_since;         /* loop ms when the queue went over the cap; 0 = under */
+  uint32_t missed;             /* notifications dropped since the last one delivered */
   /* HTTP phase */
   char *hbuf;
   size_t hlen;
@@ -73,6 +75,11 @@ void conn_accept(struct worker *w);
 int conn_send_copy(struct conn *c, const void *data, size_t len);
 /* Queues a reference to a shared buffer.  Returns 0 or -1. */
 int conn_send_ref(struct conn *c, struct sbuf *b);
+/* 1 when the queue is over --max-queued-bytes: broadcasts skip it. */
+int conn_over_cap(struct conn *c);
+/* Applies the disconnect policy to a subscriber over the cap for too long:
+ * drops what was not started, sends close 1013 and drains. */
+void conn_slow_close(struct conn *c);
 /* Marks the connection for a flush at the end of this loop turn. */
 void conn_mark_dirty(struct conn *c);
 /* Flushes every dirty connection (the worker's uv_check callback). */

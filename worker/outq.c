@@ -91,3 +91,12 @@ void outq_trim(struct outq *q) {
     q->head = 0;
   }
 }
+
+void outq_truncate(struct outq *q, uint32_t keep) {
+  while (q->count > keep) {
+    struct outq_entry *e = at(q, q->count - 1);
+    q->bytes -= e->buf->len - e->off;
+    sbuf_unref(e->buf);
+    q->count--;
+  }
+}

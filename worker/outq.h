@@ -42,6 +42,9 @@ int outq_iov(const struct outq *q, uint32_t skip, struct iovec *iov, int max);
 void outq_consume(struct outq *q, size_t n);
 /* Releases every entry and the ring. */
 void outq_clear(struct outq *q);
+/* Drops every entry after the first keep ones (a connection being
+ * closed for slowness: what was not started is not worth sending). */
+void outq_truncate(struct outq *q, uint32_t keep);
 /* Frees the ring when empty. */
 void outq_trim(struct outq *q);
 

@@ -44,6 +44,10 @@ struct worker {
   struct topics topics;
   struct bus *bus;
   struct pmd pmd; /* permessage-deflate streams shared by all connections */
+  struct {
+    uint64_t slow_dropped;     /* notifications not queued to a slow subscriber */
+    uint64_t slow_disconnects; /* subscribers closed for slowness */
+  } stats;
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */
