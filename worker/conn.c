@@ -428,7 +428,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       ws_feed(c, (const uint8_t *)buf->base, n);
       return;
     case CONN_DRAINING:
-      if (c->ws) {
+      if (c->upgraded) {
         ws_feed(c, (const uint8_t *)buf->base, n);
         if (c->state != CONN_CLOSED && ws_close_received(c) && c->q.count == 0 && !c->writing)
           conn_close(c);

@@ -48,6 +48,11 @@ struct conn {
   unsigned close_queued : 1;   /* we queued a close frame */
   unsigned need_proxy : 1;     /* --proxy-protocol: header not yet seen */
   unsigned pmd : 1;            /* permessage-deflate negotiated */
+  unsigned upgraded : 1;       /* the 101 was sent: a WebSocket session */
+  unsigned in_message : 1;     /* a fragmented message is arriving */
+  uint8_t fh_len;              /* bytes of a frame header seen so far */
+  uint8_t fh[14];
+  uint64_t fr_left;            /* payload bytes of the current frame still to come */
   unsigned pmd_bits : 4;       /* the window we may compress with */
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;

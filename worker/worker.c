@@ -114,7 +114,11 @@ static void on_tick(uv_timer_t *t) {
   if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);
 }
 
+/* Output queued during a loop turn goes out once, at its end: after the
+ * I/O callbacks (check) and, for what timers queued, before the loop
+ * blocks in poll (prepare). */
 static void on_check(uv_check_t *h) { conn_flush_dirty(h->data); }
+static void on_prepare(uv_prepare_t *h) { conn_flush_dirty(h->data); }
 
 static void finish(struct worker *w) {
   uv_timer_stop(&w->grace);
@@ -199,6 +203,9 @@ int worker_main(const struct config *cfg, int id) {
     uv_check_init(w->loop, &w->flusher);
     w->flusher.data = w;
     uv_check_start(&w->flusher, on_check);
+    uv_prepare_init(w->loop, &w->flusher_pre);
+    w->flusher_pre.data = w;
+    uv_prepare_start(&w->flusher_pre, on_prepare);
     uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup};
     int nums[] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {

@@ -33,7 +33,8 @@ struct worker {
   uv_tcp_t listener;
   int listening;
   uv_timer_t tick;    /* 1 s: deadlines and heartbeat */
-  uv_check_t flusher; /* end of each loop turn: flush dirty connections */
+  uv_check_t flusher; /* after I/O callbacks: flush dirty connections */
+  uv_prepare_t flusher_pre; /* before polling: flush what timers queued */
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t grace;
   uint64_t ticks;

@@ -7,6 +7,7 @@
 #include "../common/utf8.h"
 #include "bus.h"
 #include "conn.h"
+#include "frame.h"
 #include "proto.h"
 #include "worker.h"
 
@@ -36,15 +37,21 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   return (ssize_t)len;
 }
 
+/* Our own data frames bypass wslay (whose context may not exist while the
+ * connection is idle): header and payload are copied into the outq. */
+static int send_frame(struct conn *c, int opcode, const uint8_t *data, size_t len) {
+  if (!ws_can_send(c)) return -1;
+  uint8_t h[FRAME_HEADER_MAX];
+  size_t hl = frame_header(h, opcode, 0, len);
+  if (conn_send_copy(c, h, hl) < 0 || (len && conn_send_copy(c, data, len) < 0)) return -1;
+  return 0;
+}
+
 /* ---- the JSON protocol, bound to this connection ---- */
 
 static int op_send(void *ctx, const char *msg, size_t len) {
   struct conn *c = ctx;
-  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)msg, len};
-  if (c->state == CONN_CLOSED || wslay_event_queue_msg(c->ws, &m) != 0) return -1;
-  /* the send callback copies the frame into the outq at once */
-  if (wslay_event_send(c->ws) < 0) return -1;
-  return 0;
+  return send_frame(c, FRAME_TEXT, (const uint8_t *)msg, len);
 }
 
 static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
@@ -109,8 +116,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       return;
     case WSLAY_BINARY_FRAME:
       if (c->kind == CONN_ECHO) {
-        struct wslay_event_msg m = {WSLAY_BINARY_FRAME, msg, mlen};
-        wslay_event_queue_msg(c->ws, &m);
+        send_frame(c, FRAME_BINARY, msg, mlen);
         return;
       }
       ws_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary messages are not supported");
@@ -139,7 +145,13 @@ static void pump(struct conn *c) {
   }
 }
 
-int ws_start(struct conn *c) {
+/* The wslay context (about 9 KiB) exists only while a connection is in the
+ * middle of something: a frame or a fragmented message arriving, or a
+ * close handshake.  An idle connection holds none.  To know when the byte
+ * stream is between frames, the frame headers are followed here as well
+ * (lengths and FIN bits only; wslay does the validation). */
+static int ensure_ctx(struct conn *c) {
+  if (c->ws) return 0;
   struct wslay_event_callbacks cbs = {recv_cb, send_cb, NULL, NULL, NULL, NULL, on_msg};
   if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) return -1;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->w->cfg->max_message_size);
@@ -147,8 +159,54 @@ int ws_start(struct conn *c) {
   return 0;
 }
 
+static void track_frames(struct conn *c, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    if (c->fr_left > 0) {
+      size_t take = n < c->fr_left ? n : (size_t)c->fr_left;
+      c->fr_left -= take;
+      p += take;
+      n -= take;
+      continue;
+    }
+    c->fh[c->fh_len++] = *p++;
+    n--;
+    if (c->fh_len < 2) continue;
+    unsigned l7 = c->fh[1] & 0x7f;
+    unsigned need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->fh[1] & 0x80) ? 4 : 0);
+    if (c->fh_len < need) continue;
+    uint64_t plen = l7;
+    if (l7 == 126) plen = ((uint64_t)c->fh[2] << 8) | c->fh[3];
+    if (l7 == 127) {
+      plen = 0;
+      for (int i = 0; i < 8; i++) plen = (plen << 8) | c->fh[2 + i];
+    }
+    unsigned op = c->fh[0] & 0x0f, fin = c->fh[0] & 0x80;
+    if (op < 8) c->in_message = !fin; /* data or continuation frame */
+    c->fr_left = plen;
+    c->fh_len = 0;
+  }
+}
+
+static void maybe_release_ctx(struct conn *c) {
+  if (c->ws && c->state == CONN_WS && !c->close_queued && c->fh_len == 0 && c->fr_left == 0 &&
+      !c->in_message && !wslay_event_want_write(c->ws) && wslay_event_want_read(c->ws)) {
+    wslay_event_context_free(c->ws);
+    c->ws = NULL;
+  }
+}
+
+int ws_start(struct conn *c) {
+  c->upgraded = 1;
+  return 0;
+}
+
 void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
+  if (ensure_ctx(c) < 0) {
+    conn_close(c);
+    return;
+  }
   if (!wslay_event_want_read(c->ws)) return; /* closing: discard */
+  track_frames(c, data, len);
   c->rptr = data;
   c->rlen = len;
   int rc = wslay_event_recv(c->ws);
@@ -160,10 +218,15 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
   }
   if (c->state == CONN_CLOSED) return;
   pump(c);
+  maybe_release_ctx(c);
 }
 
 void ws_close(struct conn *c, uint16_t code, const char *reason) {
-  if (!c->ws || c->state == CONN_CLOSED) return;
+  if (!c->upgraded || c->state == CONN_CLOSED) return;
+  if (ensure_ctx(c) < 0) {
+    conn_close(c);
+    return;
+  }
   if (!c->close_queued) {
     c->close_queued = 1;
     size_t rl = reason ? strlen(reason) : 0;
@@ -174,11 +237,8 @@ void ws_close(struct conn *c, uint16_t code, const char *reason) {
 }
 
 void ws_ping(struct conn *c) {
-  struct wslay_event_msg m = {WSLAY_PING, NULL, 0};
-  if (wslay_event_queue_msg(c->ws, &m) == 0) {
-    c->awaiting_pong = 1;
-    pump(c);
-  }
+  static const uint8_t ping[2] = {0x80 | FRAME_PING, 0};
+  if (ws_can_send(c) && conn_send_copy(c, ping, sizeof(ping)) == 0) c->awaiting_pong = 1;
 }
 
 int ws_close_received(const struct conn *c) {
