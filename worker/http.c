@@ -8,7 +8,7 @@
 
 static int is_tchar(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         strchr("!#$%&'*+-.^_`|~", c) != NULL;
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL); /* strchr finds the NUL */
 }
 
 static int streq_ci(struct http_str s, const char *lit) {

@@ -22,6 +22,7 @@ static struct outq_entry *at(const struct outq *q, uint32_t i) {
 }
 
 int outq_push_ref(struct outq *q, struct sbuf *b) {
+  if (b->len == 0) return 0; /* an empty entry would never be consumed */
   if (q->count == q->cap && grow(q) < 0) return -1;
   struct outq_entry *e = at(q, q->count++);
   e->buf = sbuf_ref(b);
@@ -31,6 +32,7 @@ int outq_push_ref(struct outq *q, struct sbuf *b) {
 }
 
 int outq_push_copy(struct outq *q, const void *data, size_t len, uint32_t nlocked) {
+  if (len == 0) return 0; /* an empty entry would never be consumed */
   if (q->count > nlocked) {
     struct outq_entry *last = at(q, q->count - 1);
     struct sbuf *b = last->buf;

@@ -184,6 +184,10 @@ int proto_handle(const struct proto_ops *ops, void *ctx, const char *msg, size_t
     goto reply_error;
   }
   const char *tv = json_string_value(type);
+  if (strlen(tv) != json_string_length(type)) { /* "ping\u0000x" is not "ping" */
+    rc = PROTO_ETYPE;
+    goto reply_error;
+  }
 
   if (strcmp(tv, "ping") == 0) {
     char head[] = "{\"type\":\"pong\"";
