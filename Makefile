@@ -24,7 +24,7 @@ COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/to
               common/redisaddr.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c
-BUS_SRC    := redis/bridge.c
+BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 

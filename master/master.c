@@ -247,7 +247,11 @@ static void spawn_redis(struct master *m) {
   const char *args[] = {"tidings-redis", m->redis_server, "--port", "0", "--unixsocket",
                   m->redis_sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
                   "--dir", m->redis_dir, "--daemonize", "no", "--loglevel", "warning",
-                  "--databases", "1", NULL};
+                  "--databases", "1",
+                  /* a worker busy writing to its clients may fall behind for a
+                   * moment: give its subscriber connection room before Redis
+                   * cuts it (and messages are lost) */
+                  "--client-output-buffer-limit", "pubsub 256mb 64mb 60", NULL};
   const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->env[1] /* TIDINGS_MASTER_PID */, NULL};
   uv_stdio_container_t stdio[3] = {
       {UV_IGNORE, {0}}, {UV_INHERIT_FD, {.fd = 2}}, {UV_INHERIT_FD, {.fd = 2}}};

@@ -2,7 +2,7 @@
  * through Redis Pub/Sub.
  *
  * Each worker keeps two connections on its own loop (hiredis' async API
- * with its libuv adapter): a command connection for PUBLISH and a
+ * bound to libuv by uvadapter.c): a command connection for PUBLISH and a
  * subscriber connection that holds one SUBSCRIBE per topic with local
  * subscribers.  Both reconnect by themselves with capped, jittered backoff;
  * the subscriber re-subscribes every live topic when it comes back.  While
@@ -16,7 +16,6 @@
  * before that confirmation would lose its callback, so a SUBSCRIBE for a
  * channel whose UNSUBSCRIBE is in flight waits for the confirmation.
  */
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdlib.h>
@@ -30,11 +29,13 @@
 #include "../worker/proto.h"
 #include "../worker/worker.h"
 #include "../worker/ws.h"
+#include "uvadapter.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define RESUB_BATCH 500
 #define CHANNEL_MAX 256
+#define CONNECT_TIMEOUT_MS 5000
 
 struct bus;
 
@@ -235,8 +236,20 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv) {
   }
 }
 
+static void on_connect_timeout(uv_timer_t *t) {
+  struct rconn *rc = t->data;
+  if (rc->connected || !rc->ac) return;
+  log_warn("Redis %s connection to %s: no answer within %d ms", rc->name, rc->b->where,
+           CONNECT_TIMEOUT_MS);
+  redisAsyncContext *ac = rc->ac;
+  rc->ac = NULL;
+  redisAsyncFree(ac); /* not connected: no callback comes back */
+  retry_later(rc);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct rconn *rc = ac->data;
+  uv_timer_stop(&rc->retry);
   if (status != REDIS_OK) {
     if (rc->attempts < 2 || rc->attempts % 10 == 0)
       log_warn("Redis %s connection to %s failed: %s", rc->name, rc->b->where, ac->errstr);
@@ -273,7 +286,7 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
     return;
   }
   ac->data = rc;
-  if (redisLibuvAttach(ac, rc->b->w->loop) != REDIS_OK) {
+  if (uvadapter_attach(ac, rc->b->w->loop) != 0) {
     redisAsyncFree(ac);
     retry_later(rc);
     return;
@@ -287,6 +300,11 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
     else redisAsyncCommand(ac, on_auth, rc, "AUTH %s", a->password);
   }
   if (rc == &rc->b->cmd && a->db) redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
+  /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
+   * from the first write event, which only a queued command asks for */
+  redisAsyncCommand(ac, NULL, NULL, "PING");
+  /* a connect that hangs (no answer to SYN) is abandoned after a while */
+  uv_timer_start(&rc->retry, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
