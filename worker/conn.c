@@ -165,6 +165,8 @@ void conn_slow_close(struct conn *c) {
 
 static void on_write(uv_write_t *req, int status) {
   struct conn *c = req->data;
+  free(req);
+  c->wreq = NULL;
   c->writing = 0;
   outq_consume(&c->q, c->inflight_bytes);
   c->inflight = 0;
@@ -179,6 +181,7 @@ static void on_write(uv_write_t *req, int status) {
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
   struct conn *c = req->data;
+  free(req);
   if (status < 0 && c->state != CONN_CLOSED) conn_close(c);
 }
 
@@ -190,8 +193,16 @@ static void drained(struct conn *c) {
   }
   if (!c->shut_wr) {
     c->shut_wr = 1;
-    c->sreq.data = c;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) conn_close(c);
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req) {
+      conn_close(c);
+      return;
+    }
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+      free(req);
+      conn_close(c);
+    }
   }
 }
 
@@ -221,9 +232,12 @@ static void conn_flush(struct conn *c) {
       c->inflight = (uint32_t)n;
       c->inflight_bytes = 0;
       for (int i = 0; i < n; i++) c->inflight_bytes += iov[i].iov_len;
-      c->wreq.data = c;
-      if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, (const uv_buf_t *)iov, (unsigned)n,
-                   on_write) != 0) {
+      c->wreq = malloc(sizeof(*c->wreq));
+      if (c->wreq) c->wreq->data = c;
+      if (!c->wreq || uv_write(c->wreq, (uv_stream_t *)&c->tcp, (const uv_buf_t *)iov,
+                               (unsigned)n, on_write) != 0) {
+        free(c->wreq);
+        c->wreq = NULL;
         c->inflight = 0;
         c->inflight_bytes = 0;
         conn_close(c);
@@ -356,25 +370,47 @@ static int handle_request(struct conn *c, const struct http_request *req) {
   return 0;
 }
 
-static void http_input(struct conn *c, const char *data, size_t len) {
-  if (!c->hbuf) {
-    c->hbuf = malloc(HTTP_MAX_HEADER_BYTES);
-    if (!c->hbuf) {
-      conn_close(c);
-      return;
-    }
+/* Keeps an incomplete request head for the next read.  The head is parsed
+ * straight from the worker's read buffer when it arrives whole, which is
+ * nearly always; only a head split over reads is copied, up to 8 KiB. */
+static int stash(struct conn *c, const char *p, size_t n) {
+  if (n > HTTP_MAX_HEADER_BYTES) {
+    respond(c, 431, NULL, "Request header too large\n");
+    return -1;
   }
-  size_t room = HTTP_MAX_HEADER_BYTES - c->hlen;
-  size_t take = len < room ? len : room;
-  memcpy(c->hbuf + c->hlen, data, take);
-  c->hlen += take;
+  if (!c->hbuf && !(c->hbuf = malloc(HTTP_MAX_HEADER_BYTES))) {
+    conn_close(c);
+    return -1;
+  }
+  memmove(c->hbuf, p, n);
+  c->hlen = n;
+  return 0;
+}
+
+static void http_input(struct conn *c, const char *data, size_t len) {
+  const char *buf = data, *rest = NULL;
+  size_t blen = len, rest_len = 0;
+  if (c->hbuf) {
+    size_t room = HTTP_MAX_HEADER_BYTES - c->hlen;
+    size_t take = len < room ? len : room;
+    memcpy(c->hbuf + c->hlen, data, take);
+    c->hlen += take;
+    buf = c->hbuf;
+    blen = c->hlen;
+    rest = data + take; /* what did not fit: only frames can follow a head this long */
+    rest_len = len - take;
+  }
   if (c->need_proxy) {
     /* behind HAProxy: the PROXY v2 header comes first and is required */
     struct proxy_info pi;
-    int pr = proxy_parse((const uint8_t *)c->hbuf, c->hlen, &pi);
-    if (pr == PROXY_INCOMPLETE) return;
+    int pr = proxy_parse((const uint8_t *)buf, blen, &pi);
+    if (pr == PROXY_INCOMPLETE) {
+      stash(c, buf, blen);
+      return;
+    }
     if (pr < 0) {
-      log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id, c->peer);
+      log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
+                c->peer);
       conn_close(c);
       return;
     }
@@ -383,31 +419,39 @@ static void http_input(struct conn *c, const char *data, size_t len) {
       c->addr = pi.src;
       describe_peer(c);
     }
-    memmove(c->hbuf, c->hbuf + pr, c->hlen - (size_t)pr);
-    c->hlen -= (size_t)pr;
-    if (c->hlen == 0) return;
+    buf += pr;
+    blen -= (size_t)pr;
+    if (blen == 0) {
+      free(c->hbuf);
+      c->hbuf = NULL;
+      c->hlen = 0;
+      return;
+    }
   }
   struct http_request req;
-  int r = http_parse_request(c->hbuf, c->hlen, &req);
+  int r = http_parse_request(buf, blen, &req);
   if (r == HTTP_INCOMPLETE) {
-    if (c->hlen >= HTTP_MAX_HEADER_BYTES) respond(c, 431, NULL, "Request header too large\n");
+    if (blen >= HTTP_MAX_HEADER_BYTES) respond(c, 431, NULL, "Request header too large\n");
+    else stash(c, buf, blen);
     return;
   }
   if (r == HTTP_EMALFORMED) {
     respond(c, 400, NULL, "Malformed HTTP request\n");
     return;
   }
+  if (r > HTTP_MAX_HEADER_BYTES) {
+    respond(c, 431, NULL, "Request header too large\n");
+    return;
+  }
   int upgraded = handle_request(c, &req);
   char *hb = c->hbuf;
-  size_t hlen = c->hlen;
   c->hbuf = NULL;
   c->hlen = 0;
   if (upgraded) {
-    /* Frames sent right behind the head: the rest of hbuf, then the rest
-     * of this read. */
-    if (hlen > (size_t)r) ws_feed(c, (const uint8_t *)hb + r, hlen - (size_t)r);
-    if (take < len && (c->state == CONN_WS || c->state == CONN_DRAINING))
-      ws_feed(c, (const uint8_t *)data + take, len - take);
+    /* frames sent right behind the head */
+    if (blen > (size_t)r) ws_feed(c, (const uint8_t *)buf + r, blen - (size_t)r);
+    if (rest_len && (c->state == CONN_WS || c->state == CONN_DRAINING))
+      ws_feed(c, (const uint8_t *)rest, rest_len);
   }
   free(hb);
 }

@@ -31,8 +31,7 @@ enum conn_kind { CONN_PUBSUB, CONN_ECHO };
 struct conn {
   struct worker *w;
   uv_tcp_t tcp;
-  uv_write_t wreq;
-  uv_shutdown_t sreq;
+  uv_write_t *wreq;    /* only while a write is in flight */
   enum conn_state state;
   enum conn_kind kind;
   uint64_t id;
