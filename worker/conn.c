@@ -429,7 +429,8 @@ static void http_input(struct conn *c, const char *data, size_t len) {
     }
   }
   struct http_request req;
-  int r = http_parse_request(buf, blen, &req);
+  /* the head must end within the first 8 KiB */
+  int r = http_parse_request(buf, blen < HTTP_MAX_HEADER_BYTES ? blen : HTTP_MAX_HEADER_BYTES, &req);
   if (r == HTTP_INCOMPLETE) {
     if (blen >= HTTP_MAX_HEADER_BYTES) respond(c, 431, NULL, "Request header too large\n");
     else stash(c, buf, blen);
@@ -437,10 +438,6 @@ static void http_input(struct conn *c, const char *data, size_t len) {
   }
   if (r == HTTP_EMALFORMED) {
     respond(c, 400, NULL, "Malformed HTTP request\n");
-    return;
-  }
-  if (r > HTTP_MAX_HEADER_BYTES) {
-    respond(c, 431, NULL, "Request header too large\n");
     return;
   }
   int upgraded = handle_request(c, &req);

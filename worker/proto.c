@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/topic.h"
+#include "../common/utf8.h"
 
 const char *proto_err_code(int err) {
   switch (err) {
@@ -69,13 +70,15 @@ int proto_reply_status(const struct proto_ops *ops, void *ctx, const char *statu
 
 int proto_reply_error(const struct proto_ops *ops, void *ctx, int err, const char *topic,
                       size_t tlen, const char *id_json) {
-  char head[512];
+  char head[1536];
   int n = snprintf(head, sizeof(head), "{\"error\":\"%s\",\"code\":\"%s\"", proto_err_text(err),
                    proto_err_code(err));
   if (n < 0) return -1;
   if (topic) {
-    json_t *s = json_stringn_nocheck(topic, tlen > 200 ? 200 : tlen);
-    char *esc = s ? json_dumps(s, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
+    /* echo at most 200 bytes, cut on a character boundary so it stays UTF-8 */
+    size_t cut = utf8_valid_prefix((const uint8_t *)topic, tlen > 200 ? 200 : tlen);
+    json_t *s = json_stringn(topic, cut);
+    char *esc = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
     json_decref(s);
     if (esc) {
       int m = snprintf(head + n, sizeof(head) - (size_t)n, ",\"topic\":%s", esc);
