@@ -61,7 +61,8 @@ bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
 unit: $(UNIT_TESTS:%=bin/unit/%)
-	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 ./bin/unit/$$t; done
+	@fail=0; for t in $(UNIT_TESTS); do echo "== $$t"; \
+	  ASAN_OPTIONS=detect_leaks=1 ./bin/unit/$$t || fail=1; done; exit $$fail
 
 # ---- the whole suite ----
 test: bin/tidings-asan unit

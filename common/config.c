@@ -156,7 +156,7 @@ static int check(struct config *cfg, char *err, size_t errlen) {
   return 0;
 }
 
-int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen) {
+static int parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen) {
   memset(cfg, 0, sizeof(*cfg));
   for (size_t i = 0; i < NOPTS; i++)
     if (set_opt(cfg, &opts[i], opts[i].def, "default", err, errlen) < 0) return -1;
@@ -199,6 +199,14 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
     if (set_opt(cfg, o, val, "command line", err, errlen) < 0) return -1;
   }
   return check(cfg, err, errlen);
+}
+
+int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen) {
+  if (parse(cfg, argc, argv, err, errlen) == 0) return 0;
+  /* err is one line even when the value it quotes holds a line break */
+  for (char *p = err; errlen && *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
+  return -1;
 }
 
 void config_usage(FILE *out, const char *prog) {

@@ -11,6 +11,17 @@ static int copy(char *dst, size_t cap, const char *s, size_t n) {
   return 0;
 }
 
+/* s quoted in an error message: credentials (up to the last '@') hidden,
+ * line breaks turned into spaces. */
+static void quote(const char *s, char *out, size_t outlen) {
+  const char *at = strrchr(s, '@'), *sl = strstr(s, "//");
+  if (!at) snprintf(out, outlen, "%s", s);
+  else if (sl && sl < at) snprintf(out, outlen, "%.*s***%s", (int)(sl + 2 - s), s, at);
+  else snprintf(out, outlen, "***%s", at);
+  for (char *p = out; *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
+}
+
 int redis_addr_parse(const char *s, struct redis_addr *a, char *err, size_t errlen) {
   memset(a, 0, sizeof(*a));
   a->port = 6379;
@@ -23,8 +34,10 @@ int redis_addr_parse(const char *s, struct redis_addr *a, char *err, size_t errl
     }
     return 0;
   }
+  char q[256];
   if (strncmp(s, "redis://", 8) != 0) {
-    snprintf(err, errlen, "--redis must be redis://[:password@]host:port[/db] or unix:/path, got '%s'", s);
+    quote(s, q, sizeof(q));
+    snprintf(err, errlen, "--redis must be redis://[:password@]host:port[/db] or unix:/path, got '%s'", q);
     return -1;
   }
   const char *p = s + 8;
@@ -73,7 +86,8 @@ int redis_addr_parse(const char *s, struct redis_addr *a, char *err, size_t errl
   }
   return 0;
 bad:
-  snprintf(err, errlen, "--redis: cannot parse '%s' (expected redis://[:password@]host:port[/db])", s);
+  quote(s, q, sizeof(q));
+  snprintf(err, errlen, "--redis: cannot parse '%s' (expected redis://[:password@]host:port[/db])", q);
   return -1;
 }
 
