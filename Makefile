@@ -21,9 +21,10 @@ LIBS    := $(PKG_LIBS) -lwslay
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
-              common/redisaddr.c
+              common/redisaddr.c common/shm.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
-              worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c
+              worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
+              worker/origin.c
 BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
@@ -31,7 +32,7 @@ SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
 UNIT_LIB_SRC := $(COMMON_SRC) worker/http.c worker/proto.c worker/outq.c worker/topics.c \
-                worker/proxy.c worker/pmd.c
+                worker/proxy.c worker/pmd.c worker/origin.c
 
 all: bin/tidings
 

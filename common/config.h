@@ -33,6 +33,12 @@ struct config {
   const char *redis;       /* "" = embedded redis-server */
   const char *redis_prefix;
   int proxy_protocol;      /* bool */
+  const char *allowed_origins; /* comma-separated; "" = every origin */
+  int require_origin;      /* bool: refuse handshakes without Origin */
+  int max_connections;     /* per worker; 0 = no cap */
+  int max_connections_per_ip; /* over all workers; 0 = no cap */
+  int rate_limit;          /* messages/s per connection; 0 = off */
+  int rate_burst;
   int no_compression;      /* bool: never negotiate permessage-deflate */
   size_t compression_threshold; /* smaller messages go uncompressed */
   size_t max_queued_bytes; /* per connection, before the slow policy applies */

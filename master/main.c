@@ -70,5 +70,7 @@ int main(int argc, char **argv) {
   }
   log_info("tidings %s starting", TIDINGS_VERSION);
   config_log(&cfg);
+  if (!cfg.allowed_origins[0])
+    log_info("--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
   return master_main(&cfg, argc, argv, redis_server);
 }

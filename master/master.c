@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "../common/log.h"
+#include "../common/shm.h"
 
 #define MAX_WORKERS 256
 #define BACKOFF_MIN_MS 100
@@ -31,6 +32,7 @@ struct child {
 
 struct slot {
   struct child *current;
+  int row; /* its row in shared memory; a reload moves to the other half */
   uv_timer_t restart;
   unsigned failures;
 };
@@ -46,6 +48,9 @@ struct master {
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t kill_timer;
   int stopping;
+  struct shm *shm;
+  int shm_fd;
+  char pidvar[48];
   int workers_started;
   /* the embedded redis-server (when --redis is not given) */
   int embedded;
@@ -162,21 +167,26 @@ static void spawn(struct master *m, int slot) {
   ch->m = m;
   ch->slot = slot;
   ch->proc.data = ch;
-  char idvar[48];
+  char idvar[48], rowvar[48];
   snprintf(idvar, sizeof(idvar), "TIDINGS_WORKER_ID=%d", slot + 1);
-  /* m->env[0] is reserved for the worker id */
+  snprintf(rowvar, sizeof(rowvar), "TIDINGS_SHM_ROW=%d", m->slots[slot].row);
+  /* m->env[0] and [1] are reserved for these two */
   m->env[0] = idvar;
-  uv_stdio_container_t stdio[3] = {
-      {UV_INHERIT_FD, {.fd = 0}}, {UV_INHERIT_FD, {.fd = 1}}, {UV_INHERIT_FD, {.fd = 2}}};
+  m->env[1] = rowvar;
+  uv_stdio_container_t stdio[4] = {{UV_INHERIT_FD, {.fd = 0}},
+                                   {UV_INHERIT_FD, {.fd = 1}},
+                                   {UV_INHERIT_FD, {.fd = 2}},
+                                   {UV_INHERIT_FD, {.fd = m->shm_fd}}}; /* becomes SHM_FD */
   uv_process_options_t o = {0};
   o.exit_cb = on_exit_cb;
   o.file = "/proc/self/exe";
   o.args = m->argv;
   o.env = m->env;
   o.stdio = stdio;
-  o.stdio_count = 3;
+  o.stdio_count = 4;
   int rc = uv_spawn(m->loop, &ch->proc, &o);
   m->env[0] = NULL;
+  m->env[1] = NULL;
   if (rc != 0) {
     log_error("cannot start worker %d: %s", slot + 1, uv_strerror(rc));
     free(ch);
@@ -252,7 +262,7 @@ static void spawn_redis(struct master *m) {
                    * moment: give its subscriber connection room before Redis
                    * cuts it (and messages are lost) */
                   "--client-output-buffer-limit", "pubsub 256mb 64mb 60", NULL};
-  const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->env[1] /* TIDINGS_MASTER_PID */, NULL};
+  const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->pidvar, NULL};
   uv_stdio_container_t stdio[3] = {
       {UV_IGNORE, {0}}, {UV_INHERIT_FD, {.fd = 2}}, {UV_INHERIT_FD, {.fd = 2}}};
   uv_process_options_t o = {0};
@@ -306,6 +316,8 @@ static void on_signal(uv_signal_t *h, int signum) {
     for (int i = 0; i < m->nslots; i++) {
       if (m->slots[i].current) m->slots[i].current->retiring = 1;
       uv_timer_stop(&m->slots[i].restart);
+      /* the old worker keeps its row until it has drained */
+      m->slots[i].row = (m->slots[i].row + m->nslots) % (2 * m->nslots);
       spawn(m, i);
     }
     uv_timer_start(&m->kill_timer, on_kill_timer, 500, 0);
@@ -336,11 +348,15 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   m->nslots = cfg->workers;
   size_t n = 0;
   while (environ[n]) n++;
-  m->env = calloc(n + 4, sizeof(char *));
-  char pidvar[48];
-  snprintf(pidvar, sizeof(pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
-  size_t k = 1; /* slot 0: the worker id, set per spawn */
-  m->env[k++] = pidvar;
+  m->env = calloc(n + 5, sizeof(char *));
+  snprintf(m->pidvar, sizeof(m->pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
+  size_t k = 2; /* 0 and 1: the worker's id and shared-memory row, set per spawn */
+  m->env[k++] = m->pidvar;
+  if (shm_create((unsigned)(2 * m->nslots), &m->shm_fd, &m->shm) < 0) {
+    log_error("cannot create the shared memory segment: %s", strerror(errno));
+    return 1;
+  }
+  for (int i = 0; i < m->nslots; i++) m->slots[i].row = i;
   if (redis_server) {
     m->embedded = 1;
     m->redis_server = redis_server;
@@ -354,7 +370,8 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
     m->env[k++] = m->redis_env;
   }
   for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "TIDINGS_WORKER_ID=", 18) && strncmp(environ[i], "TIDINGS_MASTER_PID=", 19))
+    if (strncmp(environ[i], "TIDINGS_WORKER_ID=", 18) && strncmp(environ[i], "TIDINGS_MASTER_PID=", 19) &&
+        strncmp(environ[i], "TIDINGS_SHM_ROW=", 16))
       m->env[k++] = environ[i];
   m->env[k] = NULL;
   /* uv_spawn stops at the first NULL: keep slot 0 filled while spawning */
@@ -382,6 +399,8 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   }
   uv_run(m->loop, UV_RUN_DEFAULT);
   uv_loop_close(m->loop);
+  shm_detach(m->shm);
+  close(m->shm_fd);
   free(m->env);
   free(m);
   log_info("all workers stopped, exiting");

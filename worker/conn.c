@@ -6,7 +6,9 @@
 
 #include "../common/log.h"
 #include "bus.h"
+#include "../common/shm.h"
 #include "http.h"
+#include "origin.h"
 #include "pmd.h"
 #include "proxy.h"
 #include "worker.h"
@@ -62,6 +64,10 @@ static void on_close(uv_handle_t *h) {
 void conn_close(struct conn *c) {
   if (c->state == CONN_CLOSED) return;
   c->state = CONN_CLOSED;
+  if (c->ip_counted) {
+    c->ip_counted = 0;
+    shm_ip_add(c->w->shm, c->w->shm_row, c->ip_bucket, -1);
+  }
   topics_unsubscribe_all(&c->w->topics, &c->subs);
   c->nsubs = 0;
   conn_list_move(c, NULL);
@@ -294,6 +300,13 @@ static void respond(struct conn *c, int status, const char *extra, const char *b
   conn_drain(c, 2000);
 }
 
+/* A refused connection: counted by reason, answered, closed. */
+static void reject(struct conn *c, enum reject_reason why, int status, const char *extra,
+                   const char *body) {
+  c->w->stats.rejected[why]++;
+  respond(c, status, extra, body);
+}
+
 static int path_is(struct http_str p, const char *lit) {
   return p.n == strlen(lit) && memcmp(p.p, lit, p.n) == 0;
 }
@@ -335,19 +348,41 @@ static int handle_request(struct conn *c, const struct http_request *req) {
   int is_ws_path = path_is(req->path, "/");
   int is_echo = cfg->echo_path[0] && path_is(req->path, cfg->echo_path);
   if (c->w->shutting_down) {
-    respond(c, 503, NULL, "Shutting down\n");
+    reject(c, REJECT_SHUTDOWN, 503, NULL, "Shutting down\n");
     return 0;
   }
   if ((is_ws_path || is_echo) && http_wants_websocket(req)) {
     const char *why;
     int status = http_check_upgrade(req, &why);
-    if (status == 0) return upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB);
-    char body[128];
-    snprintf(body, sizeof(body), "Bad WebSocket handshake: %s\n", why);
-    respond(c, status,
-            status == 426 ? "Sec-WebSocket-Version: 13\r\n" : status == 405 ? "Allow: GET\r\n" : NULL,
-            body);
-    return 0;
+    if (status != 0) {
+      char body[128];
+      snprintf(body, sizeof(body), "Bad WebSocket handshake: %s\n", why);
+      reject(c, REJECT_BAD_REQUEST, status,
+             status == 426 ? "Sec-WebSocket-Version: 13\r\n"
+                           : status == 405 ? "Allow: GET\r\n" : NULL,
+             body);
+      return 0;
+    }
+    if (req->origin.p ? !origin_allowed(cfg->allowed_origins, req->origin.p, req->origin.n)
+                      : cfg->require_origin) {
+      reject(c, REJECT_ORIGIN, 403, NULL, req->origin.p ? "Origin not allowed\n" : "Origin required\n");
+      return 0;
+    }
+    if (cfg->max_connections && c->w->open.count >= (size_t)cfg->max_connections) {
+      reject(c, REJECT_FULL, 503, "Retry-After: 5\r\n", "Server full\n");
+      return 0;
+    }
+    uint32_t bucket = shm_ip_bucket(&c->addr);
+    if (cfg->max_connections_per_ip &&
+        shm_ip_total(c->w->shm, bucket) >= (unsigned)cfg->max_connections_per_ip) {
+      reject(c, REJECT_PER_IP, 429, "Retry-After: 5\r\n", "Too many connections from this address\n");
+      return 0;
+    }
+    if (!upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB)) return 0;
+    c->ip_bucket = bucket;
+    c->ip_counted = 1;
+    shm_ip_add(c->w->shm, c->w->shm_row, bucket, 1);
+    return 1;
   }
   if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
     respond(c, 405, "Allow: GET\r\n", "Method not allowed\n");
@@ -375,7 +410,7 @@ static int handle_request(struct conn *c, const struct http_request *req) {
  * nearly always; only a head split over reads is copied, up to 8 KiB. */
 static int stash(struct conn *c, const char *p, size_t n) {
   if (n > HTTP_MAX_HEADER_BYTES) {
-    respond(c, 431, NULL, "Request header too large\n");
+    reject(c, REJECT_TOO_LARGE, 431, NULL, "Request header too large\n");
     return -1;
   }
   if (!c->hbuf && !(c->hbuf = malloc(HTTP_MAX_HEADER_BYTES))) {
@@ -411,6 +446,7 @@ static void http_input(struct conn *c, const char *data, size_t len) {
     if (pr < 0) {
       log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
                 c->peer);
+      c->w->stats.rejected[REJECT_PROXY]++;
       conn_close(c);
       return;
     }
@@ -432,12 +468,12 @@ static void http_input(struct conn *c, const char *data, size_t len) {
   /* the head must end within the first 8 KiB */
   int r = http_parse_request(buf, blen < HTTP_MAX_HEADER_BYTES ? blen : HTTP_MAX_HEADER_BYTES, &req);
   if (r == HTTP_INCOMPLETE) {
-    if (blen >= HTTP_MAX_HEADER_BYTES) respond(c, 431, NULL, "Request header too large\n");
+    if (blen >= HTTP_MAX_HEADER_BYTES) reject(c, REJECT_TOO_LARGE, 431, NULL, "Request header too large\n");
     else stash(c, buf, blen);
     return;
   }
   if (r == HTTP_EMALFORMED) {
-    respond(c, 400, NULL, "Malformed HTTP request\n");
+    reject(c, REJECT_BAD_REQUEST, 400, NULL, "Malformed HTTP request\n");
     return;
   }
   int upgraded = handle_request(c, &req);

@@ -48,6 +48,11 @@ struct conn {
   unsigned need_proxy : 1;     /* --proxy-protocol: header not yet seen */
   unsigned pmd : 1;            /* permessage-deflate negotiated */
   unsigned upgraded : 1;       /* the 101 was sent: a WebSocket session */
+  unsigned ip_counted : 1;     /* counted in shared memory under ip_bucket */
+  uint32_t ip_bucket;
+  uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
+  double rate_tokens;          /* token bucket of --rate-limit */
+  uint64_t rate_last;          /* loop ms of the last refill */
   unsigned in_message : 1;     /* a fragmented message is arriving */
   uint8_t fh_len;              /* bytes of a frame header seen so far */
   uint8_t fh[14];

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/shm.h"
 #include "bus.h"
 #include "conn.h"
 #include "ws.h"
@@ -18,6 +19,13 @@
 /* Exit status of a worker whose listening socket could not be set up: the
  * master logs it and backs off. */
 #define WORKER_EXIT_LISTEN 3
+
+const char *worker_reject_name(enum reject_reason r) {
+  static const char *const names[REJECT__COUNT] = {
+      "bad_request", "too_large", "timeout", "proxy", "origin",
+      "auth",        "per_ip",    "full",    "shutdown"};
+  return (unsigned)r < REJECT__COUNT ? names[r] : "other";
+}
 
 static void on_connection(uv_stream_t *server, int status) {
   struct worker *w = server->data;
@@ -100,8 +108,10 @@ static void on_tick(uv_timer_t *t) {
   w->ticks++;
   EACH_CONN(w->handshaking, c, {
     if (c->deadline && now >= c->deadline) {
-      if (c->state == CONN_HTTP)
+      if (c->state == CONN_HTTP) {
         log_debug("conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
+        w->stats.rejected[REJECT_TIMEOUT]++;
+      }
       conn_close(c);
     }
   });
@@ -187,6 +197,21 @@ int worker_main(const struct config *cfg, int id) {
     return 1;
   }
   pmd_init(&w->pmd, cfg->max_message_size);
+  /* shared memory from the master (fd 3), or a private segment when run alone */
+  const char *row = getenv("TIDINGS_SHM_ROW");
+  int private_fd = -1;
+  if (row && (w->shm = shm_attach(SHM_FD))) {
+    w->shm_row = (unsigned)atoi(row);
+    close(SHM_FD);
+  } else if (shm_create(1, &private_fd, &w->shm) == 0) {
+    w->shm_row = 0;
+    close(private_fd);
+  } else {
+    log_error("cannot map shared memory");
+    return 1;
+  }
+  if (w->shm_row >= w->shm->nrows) w->shm_row = 0;
+  shm_worker_start(w->shm, w->shm_row, (uint32_t)getpid());
   w->bus = bus_new(w);
   w->topics.on_first = bus_topic_first;
   w->topics.on_last = bus_topic_last;
@@ -225,6 +250,7 @@ int worker_main(const struct config *cfg, int id) {
   uv_loop_close(w->loop);
   topics_free(&w->topics);
   pmd_free(&w->pmd);
+  shm_detach(w->shm);
   free(w->loop);
   free(w);
   return status;

@@ -19,6 +19,22 @@
 
 struct conn;
 struct bus;
+struct shm;
+
+/* Why a connection was refused before or at the handshake. */
+enum reject_reason {
+  REJECT_BAD_REQUEST,  /* 400/405/426: not a valid upgrade */
+  REJECT_TOO_LARGE,    /* 431 */
+  REJECT_TIMEOUT,      /* head not complete within --handshake-timeout */
+  REJECT_PROXY,        /* missing or bad PROXY header */
+  REJECT_ORIGIN,       /* 403 */
+  REJECT_AUTH,         /* 401 */
+  REJECT_PER_IP,       /* 429 */
+  REJECT_FULL,         /* 503: --max-connections */
+  REJECT_SHUTDOWN,     /* 503: draining */
+  REJECT__COUNT
+};
+const char *worker_reject_name(enum reject_reason r);
 
 /* a circular doubly linked list head */
 struct conn_list {
@@ -45,9 +61,13 @@ struct worker {
   struct topics topics;
   struct bus *bus;
   struct pmd pmd; /* permessage-deflate streams shared by all connections */
+  struct shm *shm;  /* shared with the master and the other workers */
+  unsigned shm_row; /* the row this worker writes */
   struct {
     uint64_t slow_dropped;     /* notifications not queued to a slow subscriber */
     uint64_t slow_disconnects; /* subscribers closed for slowness */
+    uint64_t rate_limited;     /* messages refused by the rate limit */
+    uint64_t rejected[REJECT__COUNT]; /* handshakes refused, by reason */
   } stats;
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */

@@ -84,6 +84,34 @@ static int op_publish(void *ctx, const char *topic, size_t tlen, const char *pay
 
 const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send};
 
+/* The per-connection token bucket of --rate-limit/--rate-burst.  A message
+ * over the limit gets an error reply; a client that keeps sending after
+ * --rate-burst refusals in a row is closed with 1008. */
+static int rate_allow(struct conn *c) {
+  const struct config *cfg = c->w->cfg;
+  if (cfg->rate_limit <= 0) return 1;
+  uint64_t now = uv_now(c->w->loop);
+  if (c->rate_last == 0) {
+    c->rate_tokens = cfg->rate_burst;
+  } else {
+    c->rate_tokens += (double)(now - c->rate_last) * cfg->rate_limit / 1000.0;
+    if (c->rate_tokens > cfg->rate_burst) c->rate_tokens = cfg->rate_burst;
+  }
+  c->rate_last = now | 1;
+  if (c->rate_tokens >= 1.0) {
+    c->rate_tokens -= 1.0;
+    c->rate_strikes = 0;
+    return 1;
+  }
+  c->w->stats.rate_limited++;
+  if (++c->rate_strikes > (uint32_t)cfg->rate_burst) {
+    ws_close(c, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
+    return 0;
+  }
+  proto_reply_error(&ws_proto_ops, c, PROTO_ERATE, NULL, 0, NULL);
+  return 0;
+}
+
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *user) {
   (void)ctx;
@@ -102,6 +130,9 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       return;
     }
   }
+  if ((arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) &&
+      c->kind == CONN_PUBSUB && !rate_allow(c))
+    return;
   switch (arg->opcode) {
     case WSLAY_TEXT_FRAME:
       if (!utf8_valid(msg, mlen)) {
