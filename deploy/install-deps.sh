@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libwslay-dev libhiredis-dev libjansson-dev
 zlib1g-dev libjwt-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
-openssl procps python3 python3-websockets python3-pytest curl"
+openssl procps python3 python3-websockets python3-pytest curl chromium"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -15,6 +15,14 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# Node.js and npm (the browser test drives Chromium with playwright-core, and
+# the benchmark runs the Node servers tidings is compared with).  Some images
+# ship NodeSource's nodejs, which conflicts with Debian's npm: install
+# Debian's pair only when there is no node at all.
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 # Debian starts a system redis-server on install where systemd runs; the
 # embedded and test servers use their own sockets and ports, so it is left alone.
