@@ -78,3 +78,9 @@ clean:
 -include $(shell find build -name '*.d' 2>/dev/null)
 
 .PHONY: all asan unit test clean format
+
+# ---- benchmarks: tidings vs uWebSockets.js vs node ws (~5 min) -> docs/benchmarks.md ----
+bench: bin/tidings
+	bash tests/bench/run.sh
+
+.PHONY: bench
