@@ -14,7 +14,7 @@ CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wstrict-prototypes -Wwrite-strings \
            -Wshadow -Wno-unused-parameter
 DEPFLAGS = -MMD -MP
-PKGS    := libuv jansson hiredis zlib libcrypto
+PKGS    := libuv jansson hiredis zlib libcrypto libjwt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    := $(PKG_LIBS) -lwslay
@@ -24,7 +24,7 @@ COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/to
               common/redisaddr.c common/shm.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
-              worker/origin.c
+              worker/origin.c worker/auth.c worker/auth_load.c
 BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
@@ -32,7 +32,7 @@ SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
 UNIT_LIB_SRC := $(COMMON_SRC) worker/http.c worker/proto.c worker/outq.c worker/topics.c \
-                worker/proxy.c worker/pmd.c worker/origin.c
+                worker/proxy.c worker/pmd.c worker/origin.c worker/auth.c
 
 all: bin/tidings
 

@@ -67,6 +67,14 @@ static const struct opt opts[] = {
      "messages per second one connection may send (token bucket; 0 = no limit)"},
     {"rate-burst", OPT_INT, OFF(rate_burst), 1, 1000000, "2000",
      "messages a connection may send at once above --rate-limit"},
+    {"jwt-secret", OPT_STR, OFF(jwt_secret), 0, 0, "",
+     "HS256 secret: clients must present a JWT signed with it (prefer --jwt-secret-file)"},
+    {"jwt-secret-file", OPT_STR, OFF(jwt_secret_file), 0, 0, "",
+     "file holding the HS256 secret (trailing newline ignored)"},
+    {"jwt-public-key", OPT_STR, OFF(jwt_public_key), 0, 0, "",
+     "PEM public key file: clients must present a JWT signed RS256 (RSA key) or ES256 (P-256 key)"},
+    {"jwt-leeway", OPT_INT, OFF(jwt_leeway), 0, 3600, "30",
+     "seconds of clock skew allowed when checking exp and nbf"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
 };
@@ -162,6 +170,10 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     return -1;
   }
   cfg->slow_disconnect = strcmp(cfg->slow_policy, "disconnect") == 0;
+  if ((cfg->jwt_secret[0] != 0) + (cfg->jwt_secret_file[0] != 0) + (cfg->jwt_public_key[0] != 0) > 1) {
+    snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
+    return -1;
+  }
   if (strlen(cfg->redis_prefix) > 64) {
     snprintf(err, errlen, "--redis-prefix is longer than 64 bytes");
     return -1;

@@ -39,6 +39,10 @@ struct config {
   int max_connections_per_ip; /* over all workers; 0 = no cap */
   int rate_limit;          /* messages/s per connection; 0 = off */
   int rate_burst;
+  const char *jwt_secret;     /* HS256 secret, or "" */
+  const char *jwt_secret_file;
+  const char *jwt_public_key; /* PEM file for RS256/ES256, or "" */
+  int jwt_leeway;             /* seconds of clock skew allowed for exp/nbf */
   int no_compression;      /* bool: never negotiate permessage-deflate */
   size_t compression_threshold; /* smaller messages go uncompressed */
   size_t max_queued_bytes; /* per connection, before the slow policy applies */

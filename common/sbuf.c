@@ -7,6 +7,7 @@ struct sbuf *sbuf_new(size_t cap) {
   struct sbuf *b = malloc(sizeof(*b) + cap);
   if (!b) return NULL;
   b->refs = 1;
+  b->born_us = 0;
   b->len = 0;
   b->cap = cap;
   return b;

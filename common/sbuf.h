@@ -16,6 +16,7 @@
 
 struct sbuf {
   uint32_t refs;
+  uint64_t born_us; /* broadcast frames: when the message arrived; 0 otherwise */
   size_t len;
   size_t cap;
   uint8_t data[];

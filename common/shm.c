@@ -48,6 +48,7 @@ void shm_worker_start(struct shm *s, unsigned row, uint32_t pid) {
   struct shm_row *r = &s->rows[row];
   /* connections of a dead predecessor are gone: forget its counts */
   memset(r->ipcount, 0, sizeof(r->ipcount));
+  memset(r->m.g, 0, sizeof(r->m.g)); /* live state; totals carry on */
   r->ipcount_gen++;
   __atomic_store_n(&r->pid, pid, __ATOMIC_RELEASE);
 }

@@ -17,18 +17,23 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "metrics.h"
+
 #define SHM_FD 3
 #define SHM_IP_BUCKETS 65536
 
 struct shm_row {
   uint32_t pid;      /* the worker in the slot now, 0 when none */
   uint32_t ipcount_gen;
+  struct metrics m;  /* written by the worker only */
   uint16_t ipcount[SHM_IP_BUCKETS];
 };
 
 struct shm {
   uint32_t magic;
   uint32_t nrows;
+  uint64_t worker_restarts; /* written by the master only */
+  uint64_t started_unix;
   struct shm_row rows[];
 };
 

@@ -110,6 +110,7 @@ char *broadcast_notification(const char *topic, size_t tlen, const char *payload
 
 size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *payload,
                  size_t plen, int is_json) {
+  uint64_t born_us = uv_hrtime() / 1000;
   struct topic *t = topics_find(&w->topics, topic, tlen);
   if (!t) return 0;
   char *enc = NULL;
@@ -122,6 +123,7 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
   struct sbuf *plain = build_frame(topic, tlen, payload, plen);
   free(enc);
   if (!plain) return 0;
+  plain->born_us = born_us;
   /* Compressed forms are made on first need, once per window size (one in
    * practice): never once per subscriber. */
   struct sbuf *deflated[PMD_MAX_BITS + 1] = {0};
@@ -134,7 +136,7 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
     if (!ws_can_send(c)) continue;
     if (conn_over_cap(c)) { /* a slow subscriber: skip, and tell it later */
       c->missed++;
-      w->stats.slow_dropped++;
+      metric_add(w->m, M_SLOW_DROPPED, 1);
       continue;
     }
     if (c->missed) {
@@ -149,12 +151,17 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
     struct sbuf *f = plain;
     if (compress && c->pmd) {
       unsigned bits = c->pmd_bits;
-      if (!deflated[bits]) deflated[bits] = pmd_frame(&w->pmd, (int)bits, FRAME_TEXT, plain->data + hdr, jlen);
+      if (!deflated[bits]) {
+        deflated[bits] = pmd_frame(&w->pmd, (int)bits, FRAME_TEXT, plain->data + hdr, jlen);
+        if (deflated[bits]) deflated[bits]->born_us = born_us;
+      }
       if (deflated[bits]) f = deflated[bits];
     }
     if (conn_send_ref(c, f) == 0) n++;
   }
   sbuf_unref(plain);
   for (int b = 0; b <= PMD_MAX_BITS; b++) sbuf_unref(deflated[b]);
+  metric_add(w->m, M_DELIVERIES, n);
+  metric_add(w->m, M_BYTES_OUT_RAW, n * jlen);
   return n;
 }

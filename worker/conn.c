@@ -1,12 +1,14 @@
 #include "conn.h"
 
 #include <arpa/inet.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/log.h"
 #include "bus.h"
 #include "../common/shm.h"
+#include "auth.h"
 #include "http.h"
 #include "origin.h"
 #include "pmd.h"
@@ -43,6 +45,7 @@ void conn_list_move(struct conn *c, struct conn_list *list) {
 void conn_ref(struct conn *c) { c->refs++; }
 
 static void conn_free(struct conn *c) {
+  auth_grant_free(c->grant);
   outq_clear(&c->q);
   ws_free(c);
   free(c->hbuf);
@@ -70,7 +73,9 @@ void conn_close(struct conn *c) {
   }
   topics_unsubscribe_all(&c->w->topics, &c->subs);
   c->nsubs = 0;
+  int was_open = c->list == &c->w->open;
   conn_list_move(c, NULL);
+  if (was_open) metric_gauge(c->w->m, G_CONNECTIONS, (int64_t)c->w->open.count);
   /* it may stay on the dirty list (holding a reference); the flusher skips it */
   uv_close((uv_handle_t *)&c->tcp, on_close);
 }
@@ -151,6 +156,18 @@ int conn_send_ref(struct conn *c, struct sbuf *b) {
 
 static void conn_flush(struct conn *c);
 
+/* An entry has left for the kernel: a broadcast frame's latency. */
+static void sent_entry(void *arg, const struct sbuf *b) {
+  struct worker *w = arg;
+  if (b->born_us && w->flush_now_us >= b->born_us)
+    metric_latency(w->m, w->flush_now_us - b->born_us, 1);
+}
+
+static void consumed(struct conn *c, size_t n) {
+  metric_add(c->w->m, M_BYTES_OUT, n);
+  outq_consume_cb(&c->q, n, sent_entry, c->w);
+}
+
 int conn_over_cap(struct conn *c) {
   if (c->q.bytes < c->w->cfg->max_queued_bytes) return 0;
   if (!c->over_since) c->over_since = uv_now(c->w->loop) | 1;
@@ -165,7 +182,7 @@ void conn_slow_close(struct conn *c) {
   outq_truncate(&c->q, keep);
   log_info("conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
            (unsigned long long)c->id, c->peer, c->w->cfg->max_queued_bytes, c->w->cfg->slow_grace);
-  c->w->stats.slow_disconnects++;
+  metric_add(c->w->m, M_SLOW_DISCONNECTS, 1);
   ws_close(c, 1013, "too slow: queued data over the limit");
 }
 
@@ -174,7 +191,8 @@ static void on_write(uv_write_t *req, int status) {
   free(req);
   c->wreq = NULL;
   c->writing = 0;
-  outq_consume(&c->q, c->inflight_bytes);
+  c->w->flush_now_us = uv_hrtime() / 1000;
+  consumed(c, c->inflight_bytes);
   c->inflight = 0;
   c->inflight_bytes = 0;
   if (c->state == CONN_CLOSED) return;
@@ -231,7 +249,7 @@ static void conn_flush(struct conn *c) {
       conn_close(c);
       return;
     }
-    outq_consume(&c->q, (size_t)r);
+    consumed(c, (size_t)r);
     if ((size_t)r < total) {
       /* the kernel is full: hand the rest to one uv_write */
       n = outq_iov(&c->q, 0, iov, IOV_BATCH);
@@ -266,6 +284,7 @@ static void conn_flush(struct conn *c) {
 }
 
 void conn_flush_dirty(struct worker *w) {
+  if (w->dirty) w->flush_now_us = uv_hrtime() / 1000;
   while (w->dirty) {
     struct conn *c = w->dirty;
     w->dirty = c->dirty_next;
@@ -279,9 +298,11 @@ void conn_flush_dirty(struct worker *w) {
 void conn_drain(struct conn *c, int linger_ms) {
   if (c->state == CONN_CLOSED) return;
   if (c->state != CONN_DRAINING) {
+    int was_open = c->list == &c->w->open;
     c->state = CONN_DRAINING;
     c->deadline = uv_now(c->w->loop) + (uint64_t)linger_ms;
     conn_list_move(c, &c->w->handshaking);
+    if (was_open) metric_gauge(c->w->m, G_CONNECTIONS, (int64_t)c->w->open.count);
     if (c->read_paused) {
       c->read_paused = 0;
       uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
@@ -303,7 +324,7 @@ static void respond(struct conn *c, int status, const char *extra, const char *b
 /* A refused connection: counted by reason, answered, closed. */
 static void reject(struct conn *c, enum reject_reason why, int status, const char *extra,
                    const char *body) {
-  c->w->stats.rejected[why]++;
+  metric_add(c->w->m, M_REJECT_FIRST + why, 1);
   respond(c, status, extra, body);
 }
 
@@ -315,6 +336,10 @@ static int upgrade(struct conn *c, const struct http_request *req, enum conn_kin
   char accept[29];
   char resp[512];
   char ext[160] = "";
+  char proto[64] = "";
+  if (c->proto_echo)
+    snprintf(proto, sizeof(proto), "Sec-WebSocket-Protocol: %.*s\r\n", (int)c->proto_echo_len,
+             c->proto_echo);
   http_accept_key(req->ws_key, accept);
   struct pmd_params pp;
   char pmd_resp[128];
@@ -326,8 +351,9 @@ static int upgrade(struct conn *c, const struct http_request *req, enum conn_kin
   }
   int n = snprintf(resp, sizeof(resp),
                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
-                   accept, ext);
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s\r\n",
+                   accept, ext, proto);
+  c->proto_echo = NULL; /* it pointed into the request */
   c->kind = kind;
   if (ws_start(c) < 0) {
     respond(c, 500, NULL, "Internal server error\n");
@@ -337,9 +363,36 @@ static int upgrade(struct conn *c, const struct http_request *req, enum conn_kin
   c->state = CONN_WS;
   c->deadline = 0;
   conn_list_move(c, &c->w->open);
-  log_debug("conn %llu %s: WebSocket open on %s", (unsigned long long)c->id, c->peer,
-            kind == CONN_ECHO ? "echo" : "pub/sub");
+  metric_add(c->w->m, M_CONNECTIONS_TOTAL, 1);
+  metric_gauge(c->w->m, G_CONNECTIONS, (int64_t)c->w->open.count);
+  log_debug("conn %llu %s: WebSocket open on %s%s%s", (unsigned long long)c->id, c->peer,
+            kind == CONN_ECHO ? "echo" : "pub/sub", c->grant ? " as " : "",
+            c->grant ? auth_grant_sub(c->grant) : "");
   return 1;
+}
+
+/* Checks the client's JWT: from "Authorization: Bearer", the "token" query
+ * parameter, or the Sec-WebSocket-Protocol pair (browsers cannot set
+ * headers).  Refuses with 401 when it is missing or not valid. */
+static int authenticate(struct conn *c, const struct http_request *req, const char **echo,
+                        size_t *echolen) {
+  const char *tok = NULL;
+  size_t toklen = 0;
+  int rc = AUTH_EMISSING;
+  if (req->authorization.p) rc = auth_token_from_bearer(req->authorization.p, req->authorization.n, &tok, &toklen);
+  if (rc == AUTH_EMISSING && req->query.n) rc = auth_token_from_query(req->query.p, req->query.n, &tok, &toklen);
+  if (rc == AUTH_EMISSING && req->ws_protocol.p)
+    rc = auth_token_from_protocol(req->ws_protocol.p, req->ws_protocol.n, &tok, &toklen, echo, echolen);
+  if (rc == AUTH_OK) rc = auth_verify(c->w->auth, tok, toklen, (long long)time(NULL), &c->grant);
+  if (rc != AUTH_OK) {
+    log_debug("conn %llu %s: JWT refused: %s", (unsigned long long)c->id, c->peer, auth_strerror(rc));
+    char body[128];
+    snprintf(body, sizeof(body), "Unauthorized: %s\n", auth_strerror(rc));
+    reject(c, REJECT_AUTH, 401, "WWW-Authenticate: Bearer\r\n", body);
+    *echo = NULL;
+    return -1;
+  }
+  return 0;
 }
 
 /* Answers one request head; returns 1 when the connection upgraded. */
@@ -378,6 +431,11 @@ static int handle_request(struct conn *c, const struct http_request *req) {
       reject(c, REJECT_PER_IP, 429, "Retry-After: 5\r\n", "Too many connections from this address\n");
       return 0;
     }
+    const char *proto_echo = NULL;
+    size_t proto_echo_len = 0;
+    if (c->w->auth && !is_echo && authenticate(c, req, &proto_echo, &proto_echo_len) < 0) return 0;
+    c->proto_echo = proto_echo;
+    c->proto_echo_len = (uint8_t)proto_echo_len;
     if (!upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB)) return 0;
     c->ip_bucket = bucket;
     c->ip_counted = 1;
@@ -446,7 +504,7 @@ static void http_input(struct conn *c, const char *data, size_t len) {
     if (pr < 0) {
       log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
                 c->peer);
-      c->w->stats.rejected[REJECT_PROXY]++;
+      metric_add(c->w->m, M_REJECT_FIRST + REJECT_PROXY, 1);
       conn_close(c);
       return;
     }
@@ -497,6 +555,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   size_t n = (size_t)nread;
+  metric_add(c->w->m, M_BYTES_IN, n);
   switch (c->state) {
     case CONN_HTTP:
       http_input(c, buf->base, n);

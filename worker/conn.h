@@ -70,6 +70,9 @@ struct conn {
   wslay_event_context_ptr ws;
   const uint8_t *rptr;
   size_t rlen;
+  struct auth_grant *grant; /* what the client's token allows, or NULL */
+  const char *proto_echo;   /* during the handshake: the subprotocol to echo */
+  uint8_t proto_echo_len;
   struct sub *subs;
   int nsubs;
   struct outq q;

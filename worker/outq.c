@@ -63,7 +63,10 @@ int outq_iov(const struct outq *q, uint32_t skip, struct iovec *iov, int max) {
   return n;
 }
 
-void outq_consume(struct outq *q, size_t n) {
+void outq_consume(struct outq *q, size_t n) { outq_consume_cb(q, n, NULL, NULL); }
+
+void outq_consume_cb(struct outq *q, size_t n, void (*done)(void *arg, const struct sbuf *b),
+                     void *arg) {
   q->bytes -= n;
   while (n > 0 && q->count > 0) {
     struct outq_entry *e = at(q, 0);
@@ -73,6 +76,7 @@ void outq_consume(struct outq *q, size_t n) {
       return;
     }
     n -= left;
+    if (done) done(arg, e->buf);
     sbuf_unref(e->buf);
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;

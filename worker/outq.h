@@ -40,6 +40,10 @@ int outq_push_copy(struct outq *q, const void *data, size_t len, uint32_t nlocke
 int outq_iov(const struct outq *q, uint32_t skip, struct iovec *iov, int max);
 /* Drops n sent bytes from the front, releasing finished entries. */
 void outq_consume(struct outq *q, size_t n);
+/* The same, calling done(arg, buf) for each entry finished, before its
+ * reference is released. */
+void outq_consume_cb(struct outq *q, size_t n, void (*done)(void *arg, const struct sbuf *b),
+                     void *arg);
 /* Releases every entry and the ring. */
 void outq_clear(struct outq *q);
 /* Drops every entry after the first keep ones (a connection being

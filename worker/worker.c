@@ -12,6 +12,7 @@
 
 #include "../common/log.h"
 #include "../common/shm.h"
+#include "auth_load.h"
 #include "bus.h"
 #include "conn.h"
 #include "ws.h"
@@ -110,7 +111,7 @@ static void on_tick(uv_timer_t *t) {
     if (c->deadline && now >= c->deadline) {
       if (c->state == CONN_HTTP) {
         log_debug("conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
-        w->stats.rejected[REJECT_TIMEOUT]++;
+        metric_add(w->m, M_REJECT_FIRST + REJECT_TIMEOUT, 1);
       }
       conn_close(c);
     }
@@ -122,6 +123,8 @@ static void on_tick(uv_timer_t *t) {
       conn_slow_close(c);
   });
   if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);
+  metric_gauge(w->m, G_TOPICS, (int64_t)w->topics.ntopics);
+  metric_gauge(w->m, G_REDIS_CONNECTED, bus_ready(w->bus));
 }
 
 /* Output queued during a loop turn goes out once, at its end: after the
@@ -197,6 +200,12 @@ int worker_main(const struct config *cfg, int id) {
     return 1;
   }
   pmd_init(&w->pmd, cfg->max_message_size);
+  char aerr[256];
+  const char *alg;
+  if (auth_load(cfg, &w->auth, &alg, aerr, sizeof(aerr)) < 0) {
+    log_error("%s", aerr);
+    return WORKER_EXIT_LISTEN;
+  }
   /* shared memory from the master (fd 3), or a private segment when run alone */
   const char *row = getenv("TIDINGS_SHM_ROW");
   int private_fd = -1;
@@ -212,6 +221,7 @@ int worker_main(const struct config *cfg, int id) {
   }
   if (w->shm_row >= w->shm->nrows) w->shm_row = 0;
   shm_worker_start(w->shm, w->shm_row, (uint32_t)getpid());
+  w->m = &w->shm->rows[w->shm_row].m;
   w->bus = bus_new(w);
   w->topics.on_first = bus_topic_first;
   w->topics.on_last = bus_topic_last;
@@ -250,6 +260,7 @@ int worker_main(const struct config *cfg, int id) {
   uv_loop_close(w->loop);
   topics_free(&w->topics);
   pmd_free(&w->pmd);
+  auth_free(w->auth);
   shm_detach(w->shm);
   free(w->loop);
   free(w);

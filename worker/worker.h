@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "../common/config.h"
+#include "../common/metrics.h"
 #include "pmd.h"
 #include "topics.h"
 
@@ -61,14 +62,11 @@ struct worker {
   struct topics topics;
   struct bus *bus;
   struct pmd pmd; /* permessage-deflate streams shared by all connections */
+  struct auth *auth; /* JWT verifier, or NULL: anonymous access */
   struct shm *shm;  /* shared with the master and the other workers */
   unsigned shm_row; /* the row this worker writes */
-  struct {
-    uint64_t slow_dropped;     /* notifications not queued to a slow subscriber */
-    uint64_t slow_disconnects; /* subscribers closed for slowness */
-    uint64_t rate_limited;     /* messages refused by the rate limit */
-    uint64_t rejected[REJECT__COUNT]; /* handshakes refused, by reason */
-  } stats;
+  struct metrics *m; /* this worker's counters, in its shared-memory row */
+  uint64_t flush_now_us; /* uv_hrtime()/1000 taken once per flush round */
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */

@@ -5,6 +5,7 @@
 
 #include "../common/log.h"
 #include "../common/utf8.h"
+#include "auth.h"
 #include "bus.h"
 #include "conn.h"
 #include "frame.h"
@@ -57,6 +58,7 @@ static int op_send(void *ctx, const char *msg, size_t len) {
 static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
   struct conn *c = ctx;
   struct worker *w = c->w;
+  if (w->auth && !auth_allows(c->grant, AUTH_SUBSCRIBE, topic, tlen)) return PROTO_EFORBIDDEN;
   if (c->nsubs >= w->cfg->max_subscriptions) {
     /* subscribing again to a topic already held is still fine */
     for (struct sub *s = c->subs; s; s = s->cnext)
@@ -79,6 +81,7 @@ static int op_unsubscribe(void *ctx, const char *topic, size_t tlen) {
 static int op_publish(void *ctx, const char *topic, size_t tlen, const char *payload,
                       size_t plen, const char *id_json) {
   struct conn *c = ctx;
+  if (c->w->auth && !auth_allows(c->grant, AUTH_PUBLISH, topic, tlen)) return PROTO_EFORBIDDEN;
   return bus_publish(c->w->bus, c, topic, tlen, payload, plen, id_json);
 }
 
@@ -103,7 +106,7 @@ static int rate_allow(struct conn *c) {
     c->rate_strikes = 0;
     return 1;
   }
-  c->w->stats.rate_limited++;
+  metric_add(c->w->m, M_RATE_LIMITED, 1);
   if (++c->rate_strikes > (uint32_t)cfg->rate_burst) {
     ws_close(c, WSLAY_CODE_POLICY_VIOLATION, "rate limit exceeded");
     return 0;
@@ -130,9 +133,10 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       return;
     }
   }
-  if ((arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) &&
-      c->kind == CONN_PUBSUB && !rate_allow(c))
-    return;
+  if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) {
+    metric_add(c->w->m, M_MESSAGES_IN, 1);
+    if (c->kind == CONN_PUBSUB && !rate_allow(c)) return;
+  }
   switch (arg->opcode) {
     case WSLAY_TEXT_FRAME:
       if (!utf8_valid(msg, mlen)) {

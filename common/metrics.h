@@ -1,0 +1,68 @@
+/* metrics.h - the counters, gauges and latency histogram every worker keeps
+ * in its row of shared memory (shm.h), summed by whoever reads them.
+ *
+ * One writer per row (its worker), so an update is a relaxed load and
+ * store, not a locked read-modify-write, and never a system call.  Totals
+ * survive a worker's restart: the next worker in the slot keeps adding to
+ * them; gauges (live state) are reset when a worker starts.
+ */
+#ifndef TIDINGS_METRICS_H
+#define TIDINGS_METRICS_H
+
+#include <stdint.h>
+
+enum metric_counter {
+  M_CONNECTIONS_TOTAL, /* WebSocket sessions opened */
+  M_MESSAGES_IN,       /* WebSocket data messages received */
+  M_BYTES_IN,          /* bytes read from clients (wire) */
+  M_BYTES_OUT,         /* bytes handed to the kernel for clients (wire) */
+  M_BYTES_OUT_RAW,     /* notification bytes before compression */
+  M_PUBLISHES,         /* publishes accepted by Redis */
+  M_PUBLISH_ERRORS,    /* publishes answered with an error */
+  M_BUS_MESSAGES,      /* messages received from Redis */
+  M_DELIVERIES,        /* notifications queued to subscribers */
+  M_SLOW_DROPPED,      /* notifications skipped for slow subscribers */
+  M_SLOW_DISCONNECTS,  /* subscribers closed for slowness */
+  M_RATE_LIMITED,      /* messages refused by the rate limit */
+  M_REDIS_RECONNECTS,  /* Redis connections re-established */
+  M_REJECT_FIRST,      /* + enum reject_reason: handshakes refused */
+  M__COUNT = M_REJECT_FIRST + 16
+};
+
+enum metric_gauge {
+  G_CONNECTIONS,     /* open WebSocket sessions */
+  G_REDIS_CONNECTED, /* 1 when both Redis connections are up */
+  G_TOPICS,          /* topics with local subscribers */
+  G__COUNT
+};
+
+/* Upper bounds in microseconds of the delivery latency buckets: from a
+ * message's arrival from Redis to its frame's hand-over to the kernel. */
+#define METRIC_LAT_BUCKETS 14
+static const uint32_t metric_lat_bounds_us[METRIC_LAT_BUCKETS] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
+    UINT32_MAX /* +Inf */};
+
+struct metrics {
+  uint64_t c[M__COUNT];
+  int64_t g[G__COUNT];
+  uint64_t lat[METRIC_LAT_BUCKETS]; /* not cumulative; the reader sums */
+  uint64_t lat_sum_us;
+  uint64_t lat_count;
+};
+
+static inline void metric_add(struct metrics *m, enum metric_counter k, uint64_t n) {
+  __atomic_store_n(&m->c[k], __atomic_load_n(&m->c[k], __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+static inline void metric_gauge(struct metrics *m, enum metric_gauge k, int64_t v) {
+  __atomic_store_n(&m->g[k], v, __ATOMIC_RELAXED);
+}
+static inline void metric_latency(struct metrics *m, uint64_t us, uint64_t n) {
+  int b = 0;
+  while (us > metric_lat_bounds_us[b]) b++;
+  __atomic_store_n(&m->lat[b], m->lat[b] + n, __ATOMIC_RELAXED);
+  __atomic_store_n(&m->lat_sum_us, m->lat_sum_us + us * n, __ATOMIC_RELAXED);
+  __atomic_store_n(&m->lat_count, m->lat_count + n, __ATOMIC_RELAXED);
+}
+
+#endif
