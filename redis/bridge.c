@@ -138,6 +138,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
                (size_t)msg->len, (int)chan->len, chan->str);
       return;
     }
+    metric_add(b->w->m, M_BUS_MESSAGES, 1);
     broadcast(b->w, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len, msg->str,
               (size_t)msg->len, 0);
   } else if (strcmp(kind->str, "unsubscribe") == 0) {
@@ -258,7 +259,10 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     return;
   }
   rc->connected = 1;
-  if (rc->attempts > 0) log_info("Redis %s connection to %s restored", rc->name, rc->b->where);
+  if (rc->attempts > 0) {
+    log_info("Redis %s connection to %s restored", rc->name, rc->b->where);
+    metric_add(rc->b->w->m, M_REDIS_RECONNECTS, 1);
+  }
   else log_info("Redis %s connection to %s up", rc->name, rc->b->where);
   rc->attempts = 0;
   if (rc == &rc->b->sub) resubscribe_all(rc->b);
@@ -403,6 +407,7 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv) {
     else
       proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, p->topic, p->tlen, p->id_json);
   }
+  metric_add(c->w->m, reply && reply->type == REDIS_REPLY_INTEGER ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
   conn_unref(c);
   free(p->id_json);
   free(p);
@@ -410,7 +415,10 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv) {
 
 int bus_publish(struct bus *b, struct conn *c, const char *topic, size_t tlen,
                 const char *payload, size_t plen, const char *id_json) {
-  if (!b->cmd.connected) return PROTO_EBUS;
+  if (!b->cmd.connected) {
+    metric_add(b->w->m, M_PUBLISH_ERRORS, 1);
+    return PROTO_EBUS;
+  }
   struct pending_pub *p = malloc(sizeof(*p) + tlen);
   if (!p) return PROTO_EINTERNAL;
   p->c = c;

@@ -49,6 +49,7 @@ struct conn {
   unsigned pmd : 1;            /* permessage-deflate negotiated */
   unsigned upgraded : 1;       /* the 101 was sent: a WebSocket session */
   unsigned ip_counted : 1;     /* counted in shared memory under ip_bucket */
+  unsigned rate_started : 1;   /* the token bucket has been filled */
   uint32_t ip_bucket;
   uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
   double rate_tokens;          /* token bucket of --rate-limit */

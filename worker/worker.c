@@ -119,7 +119,7 @@ static void on_tick(uv_timer_t *t) {
   uint64_t grace = (uint64_t)w->cfg->slow_grace * 1000;
   EACH_CONN(w->open, c, {
     if (c->q.count == 0 && !c->writing) outq_trim(&c->q);
-    else if (w->cfg->slow_disconnect && c->over_since && now - c->over_since >= grace)
+    else if (w->cfg->slow_disconnect && c->over_since && now >= c->over_since + grace)
       conn_slow_close(c);
   });
   if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);

@@ -94,13 +94,14 @@ static int rate_allow(struct conn *c) {
   const struct config *cfg = c->w->cfg;
   if (cfg->rate_limit <= 0) return 1;
   uint64_t now = uv_now(c->w->loop);
-  if (c->rate_last == 0) {
+  if (!c->rate_started) {
+    c->rate_started = 1;
     c->rate_tokens = cfg->rate_burst;
-  } else {
+  } else if (now > c->rate_last) {
     c->rate_tokens += (double)(now - c->rate_last) * cfg->rate_limit / 1000.0;
     if (c->rate_tokens > cfg->rate_burst) c->rate_tokens = cfg->rate_burst;
   }
-  c->rate_last = now | 1;
+  c->rate_last = now;
   if (c->rate_tokens >= 1.0) {
     c->rate_tokens -= 1.0;
     c->rate_strikes = 0;
