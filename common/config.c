@@ -75,6 +75,8 @@ static const struct opt opts[] = {
      "PEM public key file: clients must present a JWT signed RS256 (RSA key) or ES256 (P-256 key)"},
     {"jwt-leeway", OPT_INT, OFF(jwt_leeway), 0, 3600, "30",
      "seconds of clock skew allowed when checking exp and nbf"},
+    {"admin-listen", OPT_STR, OFF(admin_listen), 0, 0, "127.0.0.1:9090",
+     "address of the admin listener (/metrics, /healthz, /readyz, /status); off = none"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
 };

@@ -43,6 +43,7 @@ struct config {
   const char *jwt_secret_file;
   const char *jwt_public_key; /* PEM file for RS256/ES256, or "" */
   int jwt_leeway;             /* seconds of clock skew allowed for exp/nbf */
+  const char *admin_listen;   /* host:port of the admin listener, "off" = none */
   int no_compression;      /* bool: never negotiate permessage-deflate */
   size_t compression_threshold; /* smaller messages go uncompressed */
   size_t max_queued_bytes; /* per connection, before the slow policy applies */

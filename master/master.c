@@ -13,6 +13,7 @@
 
 #include "../common/log.h"
 #include "../common/shm.h"
+#include "admin.h"
 
 #define MAX_WORKERS 256
 #define BACKOFF_MIN_MS 100
@@ -26,6 +27,7 @@ struct child {
   uv_process_t proc;
   int slot;
   int retiring; /* replaced by a reload: not restarted */
+  int row;      /* its row in shared memory */
   uint64_t started;
   struct child *next;
 };
@@ -50,6 +52,8 @@ struct master {
   int stopping;
   struct shm *shm;
   int shm_fd;
+  struct admin_view view; /* what the admin listener reads */
+  struct admin *admin;
   char pidvar[48];
   int workers_started;
   /* the embedded redis-server (when --redis is not given) */
@@ -104,6 +108,8 @@ static void maybe_finish(struct master *m) {
     return;
   }
   if (m->embedded) uv_close((uv_handle_t *)&m->redis_timer, NULL);
+  admin_stop(m->admin);
+  m->admin = NULL;
   uv_close((uv_handle_t *)&m->sig_term, NULL);
   uv_close((uv_handle_t *)&m->sig_int, NULL);
   uv_close((uv_handle_t *)&m->sig_hup, NULL);
@@ -145,7 +151,16 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   } else {
     log_error("worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
   }
-  if (s->current == ch) s->current = NULL;
+  if (s->current == ch) {
+    s->current = NULL;
+    m->view.pid[ch->slot] = 0;
+  }
+  /* its live state is gone with it; its totals stay in the row */
+  struct shm_row *row = &m->shm->rows[ch->row];
+  memset(row->m.g, 0, sizeof(row->m.g));
+  memset(row->ipcount, 0, sizeof(row->ipcount));
+  if (!m->stopping && !ch->retiring)
+    __atomic_store_n(&m->shm->worker_restarts, m->shm->worker_restarts + 1, __ATOMIC_RELAXED);
   if (!m->stopping && !ch->retiring) {
     if (lived >= STABLE_MS) s->failures = 0;
     uint64_t delay = 0;
@@ -199,6 +214,9 @@ static void spawn(struct master *m, int slot) {
   ch->next = m->children;
   m->children = ch;
   m->slots[slot].current = ch;
+  ch->row = m->slots[slot].row;
+  m->view.row[slot] = ch->row;
+  m->view.pid[slot] = ch->proc.pid;
   log_info("worker %d started (pid %d)", slot + 1, ch->proc.pid);
 }
 
@@ -357,6 +375,8 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
     return 1;
   }
   for (int i = 0; i < m->nslots; i++) m->slots[i].row = i;
+  m->view.shm = m->shm;
+  m->view.nslots = m->nslots;
   if (redis_server) {
     m->embedded = 1;
     m->redis_server = redis_server;
@@ -386,6 +406,16 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   }
   uv_timer_init(m->loop, &m->kill_timer);
   m->kill_timer.data = m;
+  if (strcmp(m->cfg->admin_listen, "off") != 0 && m->cfg->admin_listen[0]) {
+    char err[256];
+    m->admin = admin_start(m->loop, m->cfg->admin_listen, &m->view, err, sizeof(err));
+    if (!m->admin) {
+      fprintf(stderr, "tidings: %s\n", err);
+      if (m->embedded) rmdir(m->redis_dir);
+      exit(EXIT_CONFIG); /* before any child exists */
+    }
+    log_info("admin listener on %s: /metrics /healthz /readyz /status", m->cfg->admin_listen);
+  }
   for (int i = 0; i < m->nslots; i++) {
     uv_timer_init(m->loop, &m->slots[i].restart);
     m->slots[i].restart.data = m;

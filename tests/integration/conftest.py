@@ -146,6 +146,11 @@ class Server:
         if workers is not None:
             self.cmd += ["--workers", str(workers)]
         self.cmd += [str(a) for a in args]
+        # every server gets its own admin port (the default 9090 would collide)
+        self.admin_port = None
+        if not any(str(a).startswith("--admin-listen") for a in args):
+            self.admin_port = free_port()
+            self.cmd += ["--admin-listen", f"127.0.0.1:{self.admin_port}"]
         self.env = server_env(env)
         self.proc = None
         self._term_sent = False

@@ -1,0 +1,466 @@
+#include "admin.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "../worker/frame.h"
+#include "../worker/http.h"
+#include "../worker/worker.h"
+
+extern const char admin_status_html[];
+
+#define ADMIN_HEAD_MAX 8192
+
+struct aconn {
+  struct admin *a;
+  uv_tcp_t tcp;
+  struct aconn *prev, *next;
+  size_t len;
+  int ws;      /* a status page's WebSocket */
+  int closing;
+  char buf[ADMIN_HEAD_MAX];
+};
+
+struct admin {
+  uv_loop_t *loop;
+  const struct admin_view *view;
+  uv_tcp_t listener;
+  uv_timer_t tick;
+  struct aconn *conns;
+  int handles; /* open handles (listener, timer, connections): freed at 0 */
+};
+
+static void handle_closed(struct admin *a) {
+  if (--a->handles == 0) free(a);
+}
+
+/* ---- a growable string ---- */
+
+struct sb {
+  char *p;
+  size_t len, cap;
+  int oom;
+};
+
+static void sb_printf(struct sb *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sb *s, const char *fmt, ...) {
+  if (s->oom) return;
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(s->p ? s->p + s->len : NULL, s->p ? s->cap - s->len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (s->p && s->len + (size_t)n < s->cap) {
+      s->len += (size_t)n;
+      return;
+    }
+    size_t ncap = (s->cap ? s->cap * 2 : 4096) + (size_t)n;
+    char *np = realloc(s->p, ncap);
+    if (!np) {
+      s->oom = 1;
+      return;
+    }
+    s->p = np;
+    s->cap = ncap;
+  }
+}
+
+/* ---- reading shared memory ---- */
+
+static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* A slot's total: its current row plus the other half (a worker retired by
+ * a reload keeps its totals there). */
+static uint64_t slot_counter(const struct admin_view *v, int slot, int k) {
+  const struct shm *s = v->shm;
+  uint64_t t = load64(&s->rows[slot].m.c[k]);
+  if ((unsigned)(slot + v->nslots) < s->nrows) t += load64(&s->rows[slot + v->nslots].m.c[k]);
+  return t;
+}
+
+static int64_t slot_gauge(const struct admin_view *v, int slot, int k, int both) {
+  const struct shm *s = v->shm;
+  if (!both) return __atomic_load_n(&s->rows[v->row[slot]].m.g[k], __ATOMIC_RELAXED);
+  int64_t t = __atomic_load_n(&s->rows[slot].m.g[k], __ATOMIC_RELAXED);
+  if ((unsigned)(slot + v->nslots) < s->nrows)
+    t += __atomic_load_n(&s->rows[slot + v->nslots].m.g[k], __ATOMIC_RELAXED);
+  return t;
+}
+
+static const struct {
+  int k;
+  const char *name, *help;
+} counters[] = {
+    {M_CONNECTIONS_TOTAL, "tidings_connections_total", "WebSocket connections opened."},
+    {M_MESSAGES_IN, "tidings_messages_received_total", "WebSocket data messages received from clients."},
+    {M_BYTES_IN, "tidings_received_bytes_total", "Bytes received from clients, as on the wire."},
+    {M_BYTES_OUT, "tidings_sent_bytes_total", "Bytes sent to clients, as on the wire (after compression)."},
+    {M_BYTES_OUT_RAW, "tidings_notification_bytes_total", "Notification bytes queued to subscribers, before compression."},
+    {M_PUBLISHES, "tidings_publishes_total", "Publishes from clients accepted by Redis."},
+    {M_PUBLISH_ERRORS, "tidings_publish_errors_total", "Publishes answered with an error (Redis unavailable)."},
+    {M_BUS_MESSAGES, "tidings_bus_messages_total", "Messages received from Redis."},
+    {M_DELIVERIES, "tidings_deliveries_total", "Notifications queued to subscribers."},
+    {M_SLOW_DROPPED, "tidings_slow_dropped_total", "Notifications skipped for subscribers over --max-queued-bytes."},
+    {M_SLOW_DISCONNECTS, "tidings_slow_disconnects_total", "Subscribers disconnected (1013) for being slow."},
+    {M_RATE_LIMITED, "tidings_rate_limited_total", "Messages refused by the per-connection rate limit."},
+    {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total", "Redis connections re-established after a loss."},
+};
+
+char *admin_metrics_text(const struct admin_view *v, size_t *len) {
+  struct sb s = {0};
+  sb_printf(&s, "# HELP tidings_connections Open WebSocket connections.\n"
+                "# TYPE tidings_connections gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_connections{worker=\"%d\"} %lld\n", i + 1,
+              (long long)slot_gauge(v, i, G_CONNECTIONS, 1));
+  sb_printf(&s, "# HELP tidings_redis_connected 1 when the worker's Redis connections are up.\n"
+                "# TYPE tidings_redis_connected gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_redis_connected{worker=\"%d\"} %lld\n", i + 1,
+              v->pid[i] ? (long long)slot_gauge(v, i, G_REDIS_CONNECTED, 0) : 0LL);
+  sb_printf(&s, "# HELP tidings_topics Topics with local subscribers.\n"
+                "# TYPE tidings_topics gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_topics{worker=\"%d\"} %lld\n", i + 1,
+              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL);
+  sb_printf(&s, "# HELP tidings_worker_up 1 when a worker runs in the slot.\n"
+                "# TYPE tidings_worker_up gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_worker_up{worker=\"%d\"} %d\n", i + 1, v->pid[i] ? 1 : 0);
+  for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
+    sb_printf(&s, "# HELP %s %s\n# TYPE %s counter\n", counters[k].name, counters[k].help,
+              counters[k].name);
+    for (int i = 0; i < v->nslots; i++)
+      sb_printf(&s, "%s{worker=\"%d\"} %llu\n", counters[k].name, i + 1,
+                (unsigned long long)slot_counter(v, i, counters[k].k));
+  }
+  sb_printf(&s, "# HELP tidings_handshakes_rejected_total Connections refused before or at the "
+                "handshake, by reason.\n# TYPE tidings_handshakes_rejected_total counter\n");
+  for (int r = 0; r < REJECT__COUNT; r++) {
+    uint64_t t = 0;
+    for (int i = 0; i < v->nslots; i++) t += slot_counter(v, i, M_REJECT_FIRST + r);
+    sb_printf(&s, "tidings_handshakes_rejected_total{reason=\"%s\"} %llu\n",
+              worker_reject_name((enum reject_reason)r), (unsigned long long)t);
+  }
+  sb_printf(&s, "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
+                "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
+            (unsigned long long)__atomic_load_n(&v->shm->worker_restarts, __ATOMIC_RELAXED));
+  /* the histogram: cumulative buckets over every row */
+  uint64_t b[METRIC_LAT_BUCKETS] = {0}, sum = 0, count = 0;
+  for (unsigned r = 0; r < v->shm->nrows; r++) {
+    const struct metrics *m = &v->shm->rows[r].m;
+    for (int i = 0; i < METRIC_LAT_BUCKETS; i++) b[i] += load64(&m->lat[i]);
+    sum += load64(&m->lat_sum_us);
+    count += load64(&m->lat_count);
+  }
+  sb_printf(&s, "# HELP tidings_delivery_latency_seconds Time from a message's arrival from "
+                "Redis to its frame's hand-over to the kernel.\n"
+                "# TYPE tidings_delivery_latency_seconds histogram\n");
+  uint64_t cum = 0;
+  for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
+    cum += b[i];
+    if (i == METRIC_LAT_BUCKETS - 1)
+      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                (unsigned long long)cum);
+    else
+      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                metric_lat_bounds_us[i] / 1e6, (unsigned long long)cum);
+  }
+  sb_printf(&s, "tidings_delivery_latency_seconds_sum %.6f\ntidings_delivery_latency_seconds_count %llu\n",
+            sum / 1e6, (unsigned long long)count);
+  if (s.oom) {
+    free(s.p);
+    return NULL;
+  }
+  *len = s.len;
+  return s.p;
+}
+
+char *admin_snapshot_json(const struct admin_view *v, size_t *len) {
+  struct sb s = {0};
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"workers\":[", ts.tv_sec + ts.tv_nsec / 1e9,
+            (unsigned long long)__atomic_load_n(&v->shm->worker_restarts, __ATOMIC_RELAXED));
+  for (int i = 0; i < v->nslots; i++) {
+    sb_printf(&s,
+              "%s{\"worker\":%d,\"pid\":%d,\"up\":%s,\"redis\":%s,\"connections\":%lld,"
+              "\"topics\":%lld,\"messages_in\":%llu,\"deliveries\":%llu,\"publishes\":%llu,"
+              "\"bytes_in\":%llu,\"bytes_out\":%llu,\"slow_dropped\":%llu,\"rate_limited\":%llu}",
+              i ? "," : "", i + 1, v->pid[i], v->pid[i] ? "true" : "false",
+              v->pid[i] && slot_gauge(v, i, G_REDIS_CONNECTED, 0) ? "true" : "false",
+              (long long)slot_gauge(v, i, G_CONNECTIONS, 1),
+              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL,
+              (unsigned long long)slot_counter(v, i, M_MESSAGES_IN),
+              (unsigned long long)slot_counter(v, i, M_DELIVERIES),
+              (unsigned long long)slot_counter(v, i, M_PUBLISHES),
+              (unsigned long long)slot_counter(v, i, M_BYTES_IN),
+              (unsigned long long)slot_counter(v, i, M_BYTES_OUT),
+              (unsigned long long)slot_counter(v, i, M_SLOW_DROPPED),
+              (unsigned long long)slot_counter(v, i, M_RATE_LIMITED));
+  }
+  sb_printf(&s, "]}");
+  if (s.oom) {
+    free(s.p);
+    return NULL;
+  }
+  *len = s.len;
+  return s.p;
+}
+
+static int ready(const struct admin_view *v, char *why, size_t n) {
+  for (int i = 0; i < v->nslots; i++) {
+    if (!v->pid[i]) {
+      snprintf(why, n, "worker %d is not running\n", i + 1);
+      return 0;
+    }
+    if (!slot_gauge(v, i, G_REDIS_CONNECTED, 0)) {
+      snprintf(why, n, "worker %d is not connected to Redis\n", i + 1);
+      return 0;
+    }
+  }
+  snprintf(why, n, "ready\n");
+  return 1;
+}
+
+/* ---- connections ---- */
+
+static void on_aclose(uv_handle_t *h) {
+  struct aconn *c = h->data;
+  struct admin *a = c->a;
+  if (c->prev) c->prev->next = c->next;
+  else a->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  free(c);
+  handle_closed(a);
+}
+
+static void aclose(struct aconn *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  uv_close((uv_handle_t *)&c->tcp, on_aclose);
+}
+
+struct wreq {
+  uv_write_t req;
+  struct aconn *c;
+  int close_after;
+  size_t len;
+  char data[];
+};
+
+static void on_awrite(uv_write_t *req, int status) {
+  struct wreq *w = (struct wreq *)req;
+  if ((status < 0 || w->close_after) && !w->c->closing) aclose(w->c);
+  free(w);
+}
+
+static void asend(struct aconn *c, const char *head, size_t hlen, const char *body, size_t blen,
+                  int close_after) {
+  if (c->closing) return;
+  struct wreq *w = malloc(sizeof(*w) + hlen + blen);
+  if (!w) {
+    aclose(c);
+    return;
+  }
+  w->c = c;
+  w->close_after = close_after;
+  memcpy(w->data, head, hlen);
+  if (blen) memcpy(w->data + hlen, body, blen);
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)(hlen + blen));
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_awrite) != 0) {
+    free(w);
+    aclose(c);
+  }
+}
+
+static void respond(struct aconn *c, int status, const char *ctype, const char *body, size_t blen) {
+  char head[256];
+  int n = snprintf(head, sizeof(head),
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                   status, http_reason(status), ctype, blen);
+  asend(c, head, (size_t)n, body, blen, 1);
+}
+
+static int path_is(struct http_str p, const char *lit) {
+  return p.n == strlen(lit) && memcmp(p.p, lit, p.n) == 0;
+}
+
+static void send_snapshot(struct aconn *c) {
+  size_t n;
+  char *json = admin_snapshot_json(c->a->view, &n);
+  if (!json) return;
+  uint8_t h[FRAME_HEADER_MAX];
+  size_t hl = frame_header(h, FRAME_TEXT, 0, n);
+  asend(c, (const char *)h, hl, json, n, 0);
+  free(json);
+}
+
+static void handle(struct aconn *c, const struct http_request *req) {
+  const struct admin_view *v = c->a->view;
+  char why[128];
+  if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
+    respond(c, 405, "text/plain", "Method not allowed\n", 19);
+    return;
+  }
+  if (path_is(req->path, "/metrics")) {
+    size_t n;
+    char *text = admin_metrics_text(v, &n);
+    if (!text) {
+      respond(c, 500, "text/plain", "out of memory\n", 14);
+      return;
+    }
+    respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
+    free(text);
+  } else if (path_is(req->path, "/healthz")) {
+    int any = 0;
+    for (int i = 0; i < v->nslots; i++) any |= v->pid[i] != 0;
+    if (any) respond(c, 200, "text/plain", "ok\n", 3);
+    else respond(c, 503, "text/plain", "no worker running\n", 18);
+  } else if (path_is(req->path, "/readyz")) {
+    int ok = ready(v, why, sizeof(why));
+    respond(c, ok ? 200 : 503, "text/plain", why, strlen(why));
+  } else if (path_is(req->path, "/status") || path_is(req->path, "/")) {
+    respond(c, 200, "text/html; charset=utf-8", admin_status_html, strlen(admin_status_html));
+  } else if (path_is(req->path, "/status/ws")) {
+    const char *reason;
+    if (http_check_upgrade(req, &reason) != 0) {
+      respond(c, 400, "text/plain", "WebSocket upgrade expected\n", 27);
+      return;
+    }
+    char accept[29], head[256];
+    http_accept_key(req->ws_key, accept);
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                     accept);
+    asend(c, head, (size_t)n, NULL, 0, 0);
+    c->ws = 1;
+    send_snapshot(c);
+  } else {
+    respond(c, 404, "text/plain", "Not found\n", 10);
+  }
+}
+
+static void on_aalloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)hint;
+  struct aconn *c = h->data;
+  /* a status page's socket: reads are only for noticing the close */
+  static char sink[512];
+  if (c->ws) *buf = uv_buf_init(sink, sizeof(sink));
+  else *buf = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - c->len));
+}
+
+static void on_aread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  struct aconn *c = s->data;
+  if (nread < 0) {
+    aclose(c);
+    return;
+  }
+  if (nread == 0 || c->closing) return;
+  if (c->ws) {
+    /* the page only listens; a close frame (or anything) from it ends it */
+    aclose(c);
+    return;
+  }
+  c->len += (size_t)nread;
+  struct http_request req;
+  int r = http_parse_request(c->buf, c->len, &req);
+  if (r == HTTP_INCOMPLETE) {
+    if (c->len == sizeof(c->buf)) respond(c, 431, "text/plain", "Too large\n", 10);
+    return;
+  }
+  if (r < 0) {
+    respond(c, 400, "text/plain", "Bad request\n", 12);
+    return;
+  }
+  handle(c, &req);
+}
+
+static void on_aconn(uv_stream_t *server, int status) {
+  struct admin *a = server->data;
+  if (status < 0) return;
+  struct aconn *c = calloc(1, sizeof(*c));
+  if (!c) return;
+  c->a = a;
+  uv_tcp_init(a->loop, &c->tcp);
+  a->handles++;
+  c->tcp.data = c;
+  c->next = a->conns;
+  if (a->conns) a->conns->prev = c;
+  a->conns = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    aclose(c);
+    return;
+  }
+  uv_read_start((uv_stream_t *)&c->tcp, on_aalloc, on_aread);
+}
+
+static void on_atick(uv_timer_t *t) {
+  struct admin *a = t->data;
+  for (struct aconn *c = a->conns; c; c = c->next)
+    if (c->ws && !c->closing) send_snapshot(c);
+}
+
+static void on_admin_handle_closed(uv_handle_t *h) { handle_closed(h->data); }
+
+struct admin *admin_start(uv_loop_t *loop, const char *listen, const struct admin_view *view,
+                          char *err, size_t errlen) {
+  char host[128];
+  const char *colon = strrchr(listen, ':');
+  if (!colon || colon == listen) {
+    snprintf(err, errlen, "--admin-listen expects host:port, got '%s'", listen);
+    return NULL;
+  }
+  size_t hl = (size_t)(colon - listen);
+  if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']') {
+    snprintf(host, sizeof(host), "%.*s", (int)(hl - 2), listen + 1);
+  } else {
+    snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
+  }
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) {
+    snprintf(err, errlen, "--admin-listen: bad port in '%s'", listen);
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0) {
+    snprintf(err, errlen, "--admin-listen: '%s' is not a numeric address", host);
+    return NULL;
+  }
+  struct admin *a = calloc(1, sizeof(*a));
+  if (!a) return NULL;
+  a->loop = loop;
+  a->view = view;
+  uv_tcp_init(loop, &a->listener);
+  a->handles = 1;
+  a->listener.data = a;
+  int rc = uv_tcp_bind(&a->listener, (struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->listener, 128, on_aconn);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s (--admin-listen): %s", listen, uv_strerror(rc));
+    uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);
+    return NULL;
+  }
+  uv_timer_init(loop, &a->tick);
+  a->handles++;
+  a->tick.data = a;
+  uv_timer_start(&a->tick, on_atick, 1000, 1000);
+  return a;
+}
+
+void admin_stop(struct admin *a) {
+  if (!a) return;
+  for (struct aconn *c = a->conns; c; c = c->next) aclose(c);
+  uv_close((uv_handle_t *)&a->tick, on_admin_handle_closed);
+  uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);
+}
