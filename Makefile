@@ -66,7 +66,7 @@ unit: $(UNIT_TESTS:%=bin/unit/%)
 	  ASAN_OPTIONS=detect_leaks=1 ./bin/unit/$$t || fail=1; done; exit $$fail
 
 # ---- the whole suite ----
-test: bin/tidings-asan unit
+test: bin/tidings bin/tidings-asan unit
 	TIDINGS_BIN=$(CURDIR)/bin/tidings-asan /usr/bin/python3 -m pytest -q tests/integration
 
 format:

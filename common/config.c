@@ -116,6 +116,7 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *val,
   switch (o->type) {
     case OPT_STR:
       *(const char **)field = val;
+      if (o->offset == OFF(jwt_secret) && strcmp(src, "default") != 0) cfg->jwt_secret_given = 1;
       return 0;
     case OPT_BOOL:
       if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") || !strcasecmp(val, "on")) {
@@ -172,6 +173,10 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     return -1;
   }
   cfg->slow_disconnect = strcmp(cfg->slow_policy, "disconnect") == 0;
+  if (cfg->jwt_secret_given && !cfg->jwt_secret[0]) {
+    snprintf(err, errlen, "--jwt-secret is empty: refusing to start without authentication by mistake");
+    return -1;
+  }
   if ((cfg->jwt_secret[0] != 0) + (cfg->jwt_secret_file[0] != 0) + (cfg->jwt_public_key[0] != 0) > 1) {
     snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
     return -1;

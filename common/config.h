@@ -40,6 +40,7 @@ struct config {
   int rate_limit;          /* messages/s per connection; 0 = off */
   int rate_burst;
   const char *jwt_secret;     /* HS256 secret, or "" */
+  int jwt_secret_given;       /* --jwt-secret was set, maybe to "" */
   const char *jwt_secret_file;
   const char *jwt_public_key; /* PEM file for RS256/ES256, or "" */
   int jwt_leeway;             /* seconds of clock skew allowed for exp/nbf */

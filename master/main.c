@@ -69,17 +69,19 @@ int main(int argc, char **argv) {
     fprintf(stderr, "tidings: %s\n", err);
     return EXIT_CONFIG;
   }
-  log_info("tidings %s starting", TIDINGS_VERSION);
-  config_log(&cfg);
   struct auth *auth;
   const char *alg;
   if (auth_load(&cfg, &auth, &alg, err, sizeof(err)) < 0) {
     fprintf(stderr, "tidings: %s\n", err);
     return EXIT_CONFIG;
   }
-  if (auth) log_info("JWT authentication on (%s): clients need a token", alg);
-  else log_info("no JWT key configured: anonymous access, every client may subscribe and publish");
   auth_free(auth);
+  log_info("tidings %s starting", TIDINGS_VERSION);
+  config_log(&cfg);
+  if (cfg.jwt_secret[0] || cfg.jwt_secret_file[0] || cfg.jwt_public_key[0])
+    log_info("JWT authentication on (%s): clients need a token", alg);
+  else
+    log_info("no JWT key configured: anonymous access, every client may subscribe and publish");
   if (!cfg.allowed_origins[0])
     log_info("--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
   return master_main(&cfg, argc, argv, redis_server);
