@@ -35,6 +35,8 @@ static const struct opt opts[] = {
     {"echo-path", OPT_STR, OFF(echo_path), 0, 0, "",
      "path of an echo WebSocket endpoint for conformance suites (off when empty)"},
     {"log-level", OPT_LEVEL, OFF(log_level), 0, 0, "info", "debug, info, warn or error"},
+    {"log-format", OPT_STR, OFF(log_format), 0, 0, "text",
+     "text (one human line per event) or json (one object per line)"},
     {"shutdown-grace", OPT_INT, OFF(shutdown_grace), 0, 3600, "10",
      "seconds to wait for closing handshakes on SIGTERM/SIGINT"},
     {"handshake-timeout", OPT_INT, OFF(handshake_timeout), 1, 3600, "10",
@@ -168,6 +170,10 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "--bind must not be empty");
     return -1;
   }
+  if (strcmp(cfg->log_format, "text") && strcmp(cfg->log_format, "json")) {
+    snprintf(err, errlen, "--log-format expects text or json, got '%s'", cfg->log_format);
+    return -1;
+  }
   if (strcmp(cfg->slow_policy, "drop") && strcmp(cfg->slow_policy, "disconnect")) {
     snprintf(err, errlen, "--slow-policy expects drop or disconnect, got '%s'", cfg->slow_policy);
     return -1;
@@ -265,7 +271,7 @@ void config_log(const struct config *c) {
   char err[256];
   if (c->redis[0] && redis_addr_parse(c->redis, &ra, err, sizeof(err)) == 0)
     redis_addr_describe(&ra, where, sizeof(where));
-  log_info("options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
+  log_info("options", "options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
            "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds",

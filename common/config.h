@@ -28,6 +28,7 @@ struct config {
   int max_subscriptions;   /* per connection */
   const char *echo_path;   /* "" = off */
   enum log_level log_level;
+  const char *log_format;  /* "text" or "json" */
   int shutdown_grace;      /* seconds */
   int handshake_timeout;   /* seconds */
   const char *redis;       /* "" = embedded redis-server */

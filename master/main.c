@@ -2,6 +2,7 @@
  * re-executes this binary for each worker with TIDINGS_WORKER_ID set. */
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   log_set_level(cfg.log_level);
+  log_set_json(strcmp(cfg.log_format, "json") == 0);
   if (cfg.workers == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     cfg.workers = n > 0 ? (n > 256 ? 256 : (int)n) : 1;
@@ -76,13 +78,13 @@ int main(int argc, char **argv) {
     return EXIT_CONFIG;
   }
   auth_free(auth);
-  log_info("tidings %s starting", TIDINGS_VERSION);
+  log_info("start", "tidings %s starting", TIDINGS_VERSION);
   config_log(&cfg);
   if (cfg.jwt_secret[0] || cfg.jwt_secret_file[0] || cfg.jwt_public_key[0])
-    log_info("JWT authentication on (%s): clients need a token", alg);
+    log_info("auth_mode", "JWT authentication on (%s): clients need a token", alg);
   else
-    log_info("no JWT key configured: anonymous access, every client may subscribe and publish");
+    log_info("auth_mode", "no JWT key configured: anonymous access, every client may subscribe and publish");
   if (!cfg.allowed_origins[0])
-    log_info("--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
+    log_info("origin_mode", "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
   return master_main(&cfg, argc, argv, redis_server);
 }

@@ -143,13 +143,13 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   uint64_t lived = uv_now(m->loop) - ch->started;
   int pid = p->pid;
   if (m->stopping || ch->retiring) {
-    log_info("worker %d (pid %d) exited with status %lld%s", ch->slot + 1, pid,
+    log_info("worker_exit", "worker %d (pid %d) exited with status %lld%s", ch->slot + 1, pid,
              (long long)status, sig ? " after a signal" : "");
   } else if (sig) {
-    log_error("worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid, sig,
+    log_error("worker_crash", "worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid, sig,
               strsignal(sig));
   } else {
-    log_error("worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
+    log_error("worker_crash", "worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
   }
   if (s->current == ch) {
     s->current = NULL;
@@ -170,7 +170,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
       if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
     }
     s->failures++;
-    log_info("restarting worker %d in %llu ms", ch->slot + 1, (unsigned long long)delay);
+    log_info("worker_restart", "restarting worker %d in %llu ms", ch->slot + 1, (unsigned long long)delay);
     uv_timer_start(&s->restart, on_restart, delay, 0);
   }
   uv_close((uv_handle_t *)p, on_child_closed);
@@ -203,7 +203,7 @@ static void spawn(struct master *m, int slot) {
   m->env[0] = NULL;
   m->env[1] = NULL;
   if (rc != 0) {
-    log_error("cannot start worker %d: %s", slot + 1, uv_strerror(rc));
+    log_error("worker_spawn_failed", "cannot start worker %d: %s", slot + 1, uv_strerror(rc));
     free(ch);
     struct slot *s = &m->slots[slot];
     s->failures++;
@@ -217,7 +217,7 @@ static void spawn(struct master *m, int slot) {
   ch->row = m->slots[slot].row;
   m->view.row[slot] = ch->row;
   m->view.pid[slot] = ch->proc.pid;
-  log_info("worker %d started (pid %d)", slot + 1, ch->proc.pid);
+  log_info("worker_start", "worker %d started (pid %d)", slot + 1, ch->proc.pid);
 }
 
 
@@ -240,7 +240,7 @@ static void on_redis_timer(uv_timer_t *t) {
   int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
   if (fd >= 0) close(fd);
   if (ok || ++m->redis_polls > 250) {
-    if (!ok) log_warn("embedded redis-server not answering after 5 s; starting workers anyway");
+    if (!ok) log_warn("redis_embedded_slow", "embedded redis-server not answering after 5 s; starting workers anyway");
     start_workers(m);
     return;
   }
@@ -251,16 +251,16 @@ static void on_redis_exit(uv_process_t *p, int64_t status, int sig) {
   struct master *m = p->data;
   m->redis_running = 0;
   if (m->stopping) {
-    log_info("embedded redis-server exited");
+    log_info("redis_embedded_exit", "embedded redis-server exited");
   } else {
-    if (sig) log_error("embedded redis-server (pid %d) was killed by signal %d", p->pid, sig);
-    else log_error("embedded redis-server (pid %d) exited with status %lld", p->pid, (long long)status);
+    if (sig) log_error("redis_embedded_crash", "embedded redis-server (pid %d) was killed by signal %d", p->pid, sig);
+    else log_error("redis_embedded_crash", "embedded redis-server (pid %d) exited with status %lld", p->pid, (long long)status);
     if (uv_now(m->loop) - m->redis_started >= STABLE_MS) m->redis_failures = 0;
     uint64_t delay = BACKOFF_MIN_MS;
     for (unsigned i = 0; i < m->redis_failures && delay < BACKOFF_MAX_MS; i++) delay *= 2;
     if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
     m->redis_failures++;
-    log_info("restarting embedded redis-server in %llu ms", (unsigned long long)delay);
+    log_info("redis_embedded_restart", "restarting embedded redis-server in %llu ms", (unsigned long long)delay);
     uv_timer_start(&m->redis_timer, on_redis_timer, delay, 0);
   }
   uv_close((uv_handle_t *)p, NULL);
@@ -281,8 +281,11 @@ static void spawn_redis(struct master *m) {
                    * cuts it (and messages are lost) */
                   "--client-output-buffer-limit", "pubsub 256mb 64mb 60", NULL};
   const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->pidvar, NULL};
-  uv_stdio_container_t stdio[3] = {
-      {UV_IGNORE, {0}}, {UV_INHERIT_FD, {.fd = 2}}, {UV_INHERIT_FD, {.fd = 2}}};
+  /* its own log lines are not ours: keep them out of a JSON log stream */
+  int quiet = strcmp(m->cfg->log_format, "json") == 0;
+  uv_stdio_container_t stdio[3] = {{UV_IGNORE, {0}},
+                                   {quiet ? UV_IGNORE : UV_INHERIT_FD, {.fd = 2}},
+                                   {quiet ? UV_IGNORE : UV_INHERIT_FD, {.fd = 2}}};
   uv_process_options_t o = {0};
   o.exit_cb = on_redis_exit;
   o.file = "/proc/self/exe";
@@ -293,7 +296,7 @@ static void spawn_redis(struct master *m) {
   m->redis_proc.data = m;
   int rc = uv_spawn(m->loop, &m->redis_proc, &o);
   if (rc != 0) {
-    log_error("cannot start %s: %s", m->redis_server, uv_strerror(rc));
+    log_error("redis_embedded_spawn_failed", "cannot start %s: %s", m->redis_server, uv_strerror(rc));
     m->redis_failures++;
     uv_timer_start(&m->redis_timer, on_redis_timer, BACKOFF_MAX_MS, 0);
     return;
@@ -302,7 +305,7 @@ static void spawn_redis(struct master *m) {
   m->redis_signaled = 0;
   m->redis_started = uv_now(m->loop);
   m->redis_polls = 0;
-  log_info("embedded redis-server started (pid %d) on unix:%s", m->redis_proc.pid, m->redis_sock);
+  log_info("redis_embedded_start", "embedded redis-server started (pid %d) on unix:%s", m->redis_proc.pid, m->redis_sock);
   if (!m->workers_started) uv_timer_start(&m->redis_timer, on_redis_timer, 10, 0);
 }
 
@@ -319,7 +322,7 @@ static void signal_children(struct master *m, int sig, int only_retiring) {
 static void on_kill_timer(uv_timer_t *t) {
   struct master *m = t->data;
   if (m->stopping) {
-    log_warn("workers still running after the grace period: killing them");
+    log_warn("shutdown_kill", "workers still running after the grace period: killing them");
     signal_children(m, SIGKILL, 0);
   } else {
     signal_children(m, SIGTERM, 1); /* reload: the new workers are up */
@@ -330,7 +333,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   struct master *m = h->data;
   if (signum == SIGHUP) {
     if (m->stopping) return;
-    log_info("SIGHUP: starting new workers, then draining the old ones");
+    log_info("reload", "SIGHUP: starting new workers, then draining the old ones");
     for (int i = 0; i < m->nslots; i++) {
       if (m->slots[i].current) m->slots[i].current->retiring = 1;
       uv_timer_stop(&m->slots[i].restart);
@@ -342,12 +345,12 @@ static void on_signal(uv_signal_t *h, int signum) {
     return;
   }
   if (m->stopping) {
-    log_warn("second %s: killing workers", strsignal(signum));
+    log_warn("shutdown_kill", "second %s: killing workers", strsignal(signum));
     signal_children(m, SIGKILL, 0);
     return;
   }
   m->stopping = 1;
-  log_info("%s: stopping %d worker(s)", strsignal(signum), m->nslots);
+  log_info("shutdown", "%s: stopping %d worker(s)", strsignal(signum), m->nslots);
   for (int i = 0; i < m->nslots; i++) uv_timer_stop(&m->slots[i].restart);
   signal_children(m, SIGTERM, 0);
   uv_timer_start(&m->kill_timer, on_kill_timer, (uint64_t)(m->cfg->shutdown_grace + 5) * 1000, 0);
@@ -371,7 +374,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   size_t k = 2; /* 0 and 1: the worker's id and shared-memory row, set per spawn */
   m->env[k++] = m->pidvar;
   if (shm_create((unsigned)(2 * m->nslots), &m->shm_fd, &m->shm) < 0) {
-    log_error("cannot create the shared memory segment: %s", strerror(errno));
+    log_error("shm_failed", "cannot create the shared memory segment: %s", strerror(errno));
     return 1;
   }
   for (int i = 0; i < m->nslots; i++) m->slots[i].row = i;
@@ -382,7 +385,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
     m->redis_server = redis_server;
     snprintf(m->redis_dir, sizeof(m->redis_dir), "/tmp/tidings-XXXXXX");
     if (!mkdtemp(m->redis_dir)) {
-      log_error("cannot create a directory for the embedded redis-server: %s", strerror(errno));
+      log_error("redis_embedded_spawn_failed", "cannot create a directory for the embedded redis-server: %s", strerror(errno));
       return 1;
     }
     snprintf(m->redis_sock, sizeof(m->redis_sock), "%s/redis.sock", m->redis_dir);
@@ -414,7 +417,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
       if (m->embedded) rmdir(m->redis_dir);
       exit(EXIT_CONFIG); /* before any child exists */
     }
-    log_info("admin listener on %s: /metrics /healthz /readyz /status", m->cfg->admin_listen);
+    log_info("admin_listen", "admin listener on %s: /metrics /healthz /readyz /status", m->cfg->admin_listen);
   }
   for (int i = 0; i < m->nslots; i++) {
     uv_timer_init(m->loop, &m->slots[i].restart);
@@ -433,7 +436,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   close(m->shm_fd);
   free(m->env);
   free(m);
-  log_info("all workers stopped, exiting");
+  log_info("exit", "all workers stopped, exiting");
   return 0;
 }
 

@@ -134,7 +134,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
     redisReply *msg = reply->element[2];
     if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < b->prefix_len) return;
     if ((size_t)msg->len > b->w->cfg->max_message_size) {
-      log_warn("dropping a %zu-byte message on channel %.*s: over --max-message-size",
+      log_warn("bus_message_dropped", "dropping a %zu-byte message on channel %.*s: over --max-message-size",
                (size_t)msg->len, (int)chan->len, chan->str);
       return;
     }
@@ -222,7 +222,7 @@ static void resubscribe_all(struct bus *b) {
   topics_each(&b->w->topics, resub_one, r);
   resub_flush(r);
   if (b->w->topics.ntopics)
-    log_info("re-subscribed %zu topic(s) on Redis", b->w->topics.ntopics);
+    log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", b->w->topics.ntopics);
   free(r);
 }
 
@@ -232,7 +232,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv) {
   redisReply *reply = r;
   struct rconn *rc = priv;
   if (reply && reply->type == REDIS_REPLY_ERROR) {
-    log_error("Redis %s connection: AUTH failed: %s", rc->name, reply->str);
+    log_error("redis_auth_failed", "Redis %s connection: AUTH failed: %s", rc->name, reply->str);
     redisAsyncDisconnect(ac);
   }
 }
@@ -240,7 +240,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv) {
 static void on_connect_timeout(uv_timer_t *t) {
   struct rconn *rc = t->data;
   if (rc->connected || !rc->ac) return;
-  log_warn("Redis %s connection to %s: no answer within %d ms", rc->name, rc->b->where,
+  log_warn("redis_connect_timeout", "Redis %s connection to %s: no answer within %d ms", rc->name, rc->b->where,
            CONNECT_TIMEOUT_MS);
   redisAsyncContext *ac = rc->ac;
   rc->ac = NULL;
@@ -253,17 +253,17 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   uv_timer_stop(&rc->retry);
   if (status != REDIS_OK) {
     if (rc->attempts < 2 || rc->attempts % 10 == 0)
-      log_warn("Redis %s connection to %s failed: %s", rc->name, rc->b->where, ac->errstr);
+      log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name, rc->b->where, ac->errstr);
     rc->ac = NULL; /* hiredis frees it after this callback */
     retry_later(rc);
     return;
   }
   rc->connected = 1;
   if (rc->attempts > 0) {
-    log_info("Redis %s connection to %s restored", rc->name, rc->b->where);
+    log_info("redis_restored", "Redis %s connection to %s restored", rc->name, rc->b->where);
     metric_add(rc->b->w->m, M_REDIS_RECONNECTS, 1);
   }
-  else log_info("Redis %s connection to %s up", rc->name, rc->b->where);
+  else log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->b->where);
   rc->attempts = 0;
   if (rc == &rc->b->sub) resubscribe_all(rc->b);
 }
@@ -276,14 +276,14 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   rc->connected = 0;
   if (rc == &rc->b->sub) free_unsubs(rc->b);
   if (rc->b->closing) return;
-  if (was) log_warn("Redis %s connection to %s lost: %s", rc->name, rc->b->where,
+  if (was) log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,
                     ac->errstr[0] ? ac->errstr : "closed");
   retry_later(rc);
 }
 
 static void attach(struct rconn *rc, redisAsyncContext *ac) {
   if (!ac || ac->err) {
-    log_warn("Redis %s connection to %s failed: %s", rc->name, rc->b->where,
+    log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name, rc->b->where,
              ac ? ac->errstr : "out of memory");
     if (ac) redisAsyncFree(ac);
     retry_later(rc);
@@ -319,7 +319,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     return;
   }
   if (status != 0 || !res) {
-    log_warn("Redis host %s: %s", rc->b->addr.host, uv_strerror(status));
+    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->b->addr.host, uv_strerror(status));
     uv_freeaddrinfo(res);
     retry_later(rc);
     return;
@@ -358,7 +358,7 @@ struct bus *bus_new(struct worker *w) {
   b->w = w;
   char err[256];
   if (redis_addr_parse(w->cfg->redis, &b->addr, err, sizeof(err)) < 0) {
-    log_error("%s", err);
+    log_error("redis_config_failed", "%s", err);
     free(b);
     return NULL;
   }

@@ -106,7 +106,7 @@ static void describe_peer(struct conn *c) {
 void conn_accept(struct worker *w) {
   struct conn *c = calloc(1, sizeof(*c));
   if (!c) {
-    log_error("out of memory accepting a connection");
+    log_error("accept_failed", "out of memory accepting a connection");
     return;
   }
   c->w = w;
@@ -180,7 +180,7 @@ void conn_slow_close(struct conn *c) {
   uint32_t keep = c->inflight;
   if (keep == 0 && c->q.count > 0 && c->q.ring[c->q.head & (c->q.cap - 1)].off > 0) keep = 1;
   outq_truncate(&c->q, keep);
-  log_info("conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
+  log_info("slow_disconnect", "conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
            (unsigned long long)c->id, c->peer, c->w->cfg->max_queued_bytes, c->w->cfg->slow_grace);
   metric_add(c->w->m, M_SLOW_DISCONNECTS, 1);
   ws_close(c, 1013, "too slow: queued data over the limit");
@@ -234,7 +234,7 @@ static void conn_flush(struct conn *c) {
   struct iovec iov[IOV_BATCH];
   if (c->state == CONN_CLOSED || c->writing) return;
   if (c->q.bytes > OUTQ_HARD_LIMIT(c->w)) {
-    log_warn("conn %llu %s: %zu bytes queued, over the limit: disconnecting",
+    log_warn("queue_overflow", "conn %llu %s: %zu bytes queued, over the limit: disconnecting",
              (unsigned long long)c->id, c->peer, c->q.bytes);
     conn_close(c);
     return;
@@ -317,7 +317,7 @@ static void respond(struct conn *c, int status, const char *extra, const char *b
   char out[1024];
   int n = http_format_response(out, sizeof(out), status, "text/plain; charset=utf-8", extra, body);
   if (n > 0) conn_send_copy(c, out, (size_t)n);
-  log_debug("conn %llu %s: HTTP %d", (unsigned long long)c->id, c->peer, status);
+  log_debug("http_response", "conn %llu %s: HTTP %d", (unsigned long long)c->id, c->peer, status);
   conn_drain(c, 2000);
 }
 
@@ -365,7 +365,7 @@ static int upgrade(struct conn *c, const struct http_request *req, enum conn_kin
   conn_list_move(c, &c->w->open);
   metric_add(c->w->m, M_CONNECTIONS_TOTAL, 1);
   metric_gauge(c->w->m, G_CONNECTIONS, (int64_t)c->w->open.count);
-  log_debug("conn %llu %s: WebSocket open on %s%s%s", (unsigned long long)c->id, c->peer,
+  log_debug("ws_open", "conn %llu %s: WebSocket open on %s%s%s", (unsigned long long)c->id, c->peer,
             kind == CONN_ECHO ? "echo" : "pub/sub", c->grant ? " as " : "",
             c->grant ? auth_grant_sub(c->grant) : "");
   return 1;
@@ -385,7 +385,7 @@ static int authenticate(struct conn *c, const struct http_request *req, const ch
     rc = auth_token_from_protocol(req->ws_protocol.p, req->ws_protocol.n, &tok, &toklen, echo, echolen);
   if (rc == AUTH_OK) rc = auth_verify(c->w->auth, tok, toklen, (long long)time(NULL), &c->grant);
   if (rc != AUTH_OK) {
-    log_debug("conn %llu %s: JWT refused: %s", (unsigned long long)c->id, c->peer, auth_strerror(rc));
+    log_debug("auth_refused", "conn %llu %s: JWT refused: %s", (unsigned long long)c->id, c->peer, auth_strerror(rc));
     char body[128];
     snprintf(body, sizeof(body), "Unauthorized: %s\n", auth_strerror(rc));
     reject(c, REJECT_AUTH, 401, "WWW-Authenticate: Bearer\r\n", body);
@@ -502,7 +502,7 @@ static void http_input(struct conn *c, const char *data, size_t len) {
       return;
     }
     if (pr < 0) {
-      log_debug("conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
+      log_debug("proxy_refused", "conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
                 c->peer);
       metric_add(c->w->m, M_REJECT_FIRST + REJECT_PROXY, 1);
       conn_close(c);

@@ -31,7 +31,7 @@ const char *worker_reject_name(enum reject_reason r) {
 static void on_connection(uv_stream_t *server, int status) {
   struct worker *w = server->data;
   if (status < 0) {
-    log_warn("accept failed: %s", uv_strerror(status));
+    log_warn("accept_failed", "accept failed: %s", uv_strerror(status));
     return;
   }
   conn_accept(w);
@@ -49,7 +49,7 @@ static int listen_socket(struct worker *w) {
   snprintf(port, sizeof(port), "%d", w->cfg->port);
   int rc = getaddrinfo(w->cfg->bind, port, &hints, &ai);
   if (rc != 0) {
-    log_error("cannot resolve --bind %s: %s", w->cfg->bind, gai_strerror(rc));
+    log_error("listen_failed", "cannot resolve --bind %s: %s", w->cfg->bind, gai_strerror(rc));
     return -1;
   }
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -57,7 +57,7 @@ static int listen_socket(struct worker *w) {
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
       bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-    log_error("cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, strerror(errno));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
     return -1;
@@ -67,7 +67,7 @@ static int listen_socket(struct worker *w) {
   w->listener.data = w;
   if ((rc = uv_tcp_open(&w->listener, fd)) != 0 ||
       (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
-    log_error("cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
     uv_close((uv_handle_t *)&w->listener, NULL);
     return -1;
   }
@@ -94,7 +94,7 @@ static void stop_listening(struct worker *w) {
 static void heartbeat(struct worker *w) {
   EACH_CONN(w->open, c, {
     if (c->awaiting_pong) {
-      log_info("conn %llu %s: no pong within %ds, closing", (unsigned long long)c->id, c->peer,
+      log_info("ping_timeout", "conn %llu %s: no pong within %ds, closing", (unsigned long long)c->id, c->peer,
                w->cfg->ping_interval);
       conn_close(c);
     } else {
@@ -110,7 +110,7 @@ static void on_tick(uv_timer_t *t) {
   EACH_CONN(w->handshaking, c, {
     if (c->deadline && now >= c->deadline) {
       if (c->state == CONN_HTTP) {
-        log_debug("conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
+        log_debug("handshake_timeout", "conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
         metric_add(w->m, M_REJECT_FIRST + REJECT_TIMEOUT, 1);
       }
       conn_close(c);
@@ -145,7 +145,7 @@ void worker__conn_gone(struct worker *w) {
 
 static void on_grace(uv_timer_t *t) {
   struct worker *w = t->data;
-  log_warn("shutdown grace period over, closing %zu connection(s)", w->nconns);
+  log_warn("shutdown_grace_over", "shutdown grace period over, closing %zu connection(s)", w->nconns);
   EACH_CONN(w->open, c, { conn_close(c); });
   EACH_CONN(w->handshaking, c, { conn_close(c); });
 }
@@ -153,7 +153,7 @@ static void on_grace(uv_timer_t *t) {
 void worker_shutdown(struct worker *w) {
   if (w->shutting_down) return;
   w->shutting_down = 1;
-  log_info("shutting down: %zu connection(s), grace %ds", w->open.count, w->cfg->shutdown_grace);
+  log_info("shutdown", "shutting down: %zu connection(s), grace %ds", w->open.count, w->cfg->shutdown_grace);
   stop_listening(w);
   EACH_CONN(w->handshaking, c, {
     if (c->state == CONN_HTTP) conn_close(c);
@@ -181,6 +181,8 @@ int worker_main(const struct config *cfg, int id) {
   char role[32];
   snprintf(role, sizeof(role), "worker %d", id);
   log_set_role(role);
+  log_set_worker(id);
+  log_nonblocking();
   char comm[16];
   snprintf(comm, sizeof(comm), "tidings-w%d", id);
   prctl(PR_SET_NAME, comm);
@@ -196,14 +198,14 @@ int worker_main(const struct config *cfg, int id) {
   w->id = id;
   w->loop = malloc(sizeof(uv_loop_t));
   if (!w->loop || uv_loop_init(w->loop) != 0 || topics_init(&w->topics) != 0) {
-    log_error("cannot initialize the event loop");
+    log_error("init_failed", "cannot initialize the event loop");
     return 1;
   }
   pmd_init(&w->pmd, cfg->max_message_size);
   char aerr[256];
   const char *alg;
   if (auth_load(cfg, &w->auth, &alg, aerr, sizeof(aerr)) < 0) {
-    log_error("%s", aerr);
+    log_error("auth_config_failed", "%s", aerr);
     return WORKER_EXIT_LISTEN;
   }
   /* shared memory from the master (fd 3), or a private segment when run alone */
@@ -216,7 +218,7 @@ int worker_main(const struct config *cfg, int id) {
     w->shm_row = 0;
     close(private_fd);
   } else {
-    log_error("cannot map shared memory");
+    log_error("shm_failed", "cannot map shared memory");
     return 1;
   }
   if (w->shm_row >= w->shm->nrows) w->shm_row = 0;
@@ -248,9 +250,9 @@ int worker_main(const struct config *cfg, int id) {
       sigs[i]->data = w;
       uv_signal_start(sigs[i], on_signal, nums[i]);
     }
-    log_info("listening on %s:%d", cfg->bind, cfg->port);
+    log_info("listen", "listening on %s:%d", cfg->bind, cfg->port);
     uv_run(w->loop, UV_RUN_DEFAULT);
-    log_info("stopped");
+    log_info("stop", "stopped");
   }
   /* tear down: close every handle, let their callbacks run, free */
   bus_free(w->bus);

@@ -162,7 +162,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       return;
     case WSLAY_CONNECTION_CLOSE:
       if (arg->msg_length > 2 && !utf8_valid(arg->msg + 2, arg->msg_length - 2))
-        log_debug("conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
+        log_debug("close_reason_invalid", "conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
       return;
     default:
       return;
