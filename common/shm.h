@@ -20,6 +20,9 @@
 #include "metrics.h"
 
 #define SHM_FD 3
+/* Rows per worker slot: a slot's worker and those still draining after
+ * reloads each hold one; slot s owns rows s, s + n, s + 2n, s + 3n. */
+#define SHM_ROWS_PER_SLOT 4
 #define SHM_IP_BUCKETS 65536
 
 struct shm_row {
@@ -52,6 +55,7 @@ uint32_t shm_ip_bucket(const struct sockaddr_storage *addr);
 unsigned shm_ip_total(const struct shm *s, uint32_t bucket);
 static inline void shm_ip_add(struct shm *s, unsigned row, uint32_t bucket, int delta) {
   uint16_t *c = &s->rows[row].ipcount[bucket];
+  if (delta < 0 && *c == 0) return; /* never wrap below zero */
   __atomic_store_n(c, (uint16_t)(*c + delta), __ATOMIC_RELAXED);
 }
 

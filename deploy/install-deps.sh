@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libwslay-dev libhiredis-dev libjansson-dev
 zlib1g-dev libjwt-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
-openssl procps python3 python3-websockets python3-pytest curl chromium"
+openssl procps python3 python3-websockets python3-pytest curl chromium prometheus"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -23,6 +23,11 @@ fi
 if ! command -v node >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# The prometheus package starts a service on :9090 where systemd runs, the
+# admin port tidings listens on by default; the tests run their own.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 # Debian starts a system redis-server on install where systemd runs; the
 # embedded and test servers use their own sockets and ports, so it is left alone.

@@ -20,7 +20,7 @@ struct aconn {
   uv_tcp_t tcp;
   struct aconn *prev, *next;
   size_t len;
-  int ws;      /* a status page's WebSocket */
+  int ws;      /* a status page's WebSocket: 1 open, 2 close sent */
   int closing;
   char buf[ADMIN_HEAD_MAX];
 };
@@ -74,21 +74,23 @@ static void sb_printf(struct sb *s, const char *fmt, ...) {
 
 static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
-/* A slot's total: its current row plus the other half (a worker retired by
- * a reload keeps its totals there). */
+/* A slot's total over all its rows (workers retired by reloads keep their
+ * totals in theirs), so the slot's counters never go down. */
 static uint64_t slot_counter(const struct admin_view *v, int slot, int k) {
   const struct shm *s = v->shm;
-  uint64_t t = load64(&s->rows[slot].m.c[k]);
-  if ((unsigned)(slot + v->nslots) < s->nrows) t += load64(&s->rows[slot + v->nslots].m.c[k]);
+  uint64_t t = 0;
+  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots) t += load64(&s->rows[r].m.c[k]);
   return t;
 }
 
-static int64_t slot_gauge(const struct admin_view *v, int slot, int k, int both) {
+/* A gauge: of the slot's current worker, or (all) summed with those still
+ * draining after a reload; rows of exited workers are zeroed by the master. */
+static int64_t slot_gauge(const struct admin_view *v, int slot, int k, int all) {
   const struct shm *s = v->shm;
-  if (!both) return __atomic_load_n(&s->rows[v->row[slot]].m.g[k], __ATOMIC_RELAXED);
-  int64_t t = __atomic_load_n(&s->rows[slot].m.g[k], __ATOMIC_RELAXED);
-  if ((unsigned)(slot + v->nslots) < s->nrows)
-    t += __atomic_load_n(&s->rows[slot + v->nslots].m.g[k], __ATOMIC_RELAXED);
+  if (!all) return __atomic_load_n(&s->rows[v->row[slot]].m.g[k], __ATOMIC_RELAXED);
+  int64_t t = 0;
+  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots)
+    t += __atomic_load_n(&s->rows[r].m.g[k], __ATOMIC_RELAXED);
   return t;
 }
 
@@ -342,6 +344,7 @@ static void handle(struct aconn *c, const struct http_request *req) {
                      accept);
     asend(c, head, (size_t)n, NULL, 0, 0);
     c->ws = 1;
+    c->len = 0; /* the page sends nothing before it has the 101 */
     send_snapshot(c);
   } else {
     respond(c, 404, "text/plain", "Not found\n", 10);
@@ -351,10 +354,61 @@ static void handle(struct aconn *c, const struct http_request *req) {
 static void on_aalloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   struct aconn *c = h->data;
-  /* a status page's socket: reads are only for noticing the close */
-  static char sink[512];
-  if (c->ws) *buf = uv_buf_init(sink, sizeof(sink));
-  else *buf = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - c->len));
+  *buf = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - c->len));
+}
+
+/* The status page only listens, but its socket still speaks RFC 6455:
+ * pings are answered, a close is echoed before the TCP close, anything
+ * malformed or large ends it. */
+static void ws_control(struct aconn *c, int opcode, const uint8_t *payload, size_t n) {
+  uint8_t h[FRAME_HEADER_MAX];
+  size_t hl = frame_header(h, opcode, 0, n);
+  asend(c, (const char *)h, hl, (const char *)payload, n, opcode == FRAME_CLOSE);
+  if (opcode == FRAME_CLOSE) c->ws = 2; /* nothing may follow a close */
+}
+
+static void ws_fail(struct aconn *c, uint16_t code) {
+  uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+  ws_control(c, FRAME_CLOSE, p, 2);
+}
+
+static void ws_input(struct aconn *c) {
+  uint8_t *b = (uint8_t *)c->buf;
+  size_t off = 0;
+  while (!c->closing && c->len - off >= 2) {
+    uint8_t b0 = b[off], b1 = b[off + 1];
+    size_t h = 2;
+    uint64_t n = b1 & 0x7f;
+    if (!(b1 & 0x80) || (b0 & 0x70)) {
+      ws_fail(c, 1002); /* unmasked, or reserved bits */
+      return;
+    }
+    if (n == 126) {
+      if (c->len - off < 4) break;
+      n = ((uint64_t)b[off + 2] << 8) | b[off + 3];
+      h = 4;
+    } else if (n == 127) {
+      ws_fail(c, 1009);
+      return;
+    }
+    if (n > 1024) {
+      ws_fail(c, 1009);
+      return;
+    }
+    if (c->len - off < h + 4 + n) break;
+    uint8_t *mask = b + off + h, *p = mask + 4;
+    for (size_t i = 0; i < n; i++) p[i] ^= mask[i & 3];
+    int op = b0 & 0x0f;
+    if (op == FRAME_CLOSE) {
+      ws_control(c, FRAME_CLOSE, p, n >= 2 ? 2 : 0);
+      return;
+    }
+    if (op == FRAME_PING) ws_control(c, FRAME_PONG, p, n);
+    off += h + 4 + (size_t)n;
+  }
+  memmove(c->buf, c->buf + off, c->len - off);
+  c->len -= off;
+  if (c->len == sizeof(c->buf)) ws_fail(c, 1009);
 }
 
 static void on_aread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -365,12 +419,11 @@ static void on_aread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0 || c->closing) return;
+  c->len += (size_t)nread;
   if (c->ws) {
-    /* the page only listens; a close frame (or anything) from it ends it */
-    aclose(c);
+    ws_input(c);
     return;
   }
-  c->len += (size_t)nread;
   struct http_request req;
   int r = http_parse_request(c->buf, c->len, &req);
   if (r == HTTP_INCOMPLETE) {
@@ -406,7 +459,7 @@ static void on_aconn(uv_stream_t *server, int status) {
 static void on_atick(uv_timer_t *t) {
   struct admin *a = t->data;
   for (struct aconn *c = a->conns; c; c = c->next)
-    if (c->ws && !c->closing) send_snapshot(c);
+    if (c->ws == 1 && !c->closing) send_snapshot(c);
 }
 
 static void on_admin_handle_closed(uv_handle_t *h) { handle_closed(h->data); }

@@ -329,6 +329,16 @@ static void on_kill_timer(uv_timer_t *t) {
   }
 }
 
+/* A row of the slot that no running worker (current or draining) holds. */
+static int free_row(struct master *m, int slot) {
+  for (int k = 0; k < SHM_ROWS_PER_SLOT; k++) {
+    int row = slot + k * m->nslots, busy = 0;
+    for (struct child *ch = m->children; ch; ch = ch->next) busy |= ch->row == row;
+    if (!busy) return row;
+  }
+  return -1;
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   struct master *m = h->data;
   if (signum == SIGHUP) {
@@ -337,8 +347,16 @@ static void on_signal(uv_signal_t *h, int signum) {
     for (int i = 0; i < m->nslots; i++) {
       if (m->slots[i].current) m->slots[i].current->retiring = 1;
       uv_timer_stop(&m->slots[i].restart);
-      /* the old worker keeps its row until it has drained */
-      m->slots[i].row = (m->slots[i].row + m->nslots) % (2 * m->nslots);
+      /* the old worker keeps its row until it has drained: the new one
+       * takes another row of the slot that no running worker holds */
+      int row = free_row(m, i);
+      if (row < 0) {
+        log_warn("reload", "worker %d: %d reloads still draining, not reloading it", i + 1,
+                 SHM_ROWS_PER_SLOT - 1);
+        if (m->slots[i].current) m->slots[i].current->retiring = 0;
+        continue;
+      }
+      m->slots[i].row = row;
       spawn(m, i);
     }
     uv_timer_start(&m->kill_timer, on_kill_timer, 500, 0);
@@ -373,7 +391,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   snprintf(m->pidvar, sizeof(m->pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
   size_t k = 2; /* 0 and 1: the worker's id and shared-memory row, set per spawn */
   m->env[k++] = m->pidvar;
-  if (shm_create((unsigned)(2 * m->nslots), &m->shm_fd, &m->shm) < 0) {
+  if (shm_create((unsigned)(SHM_ROWS_PER_SLOT * m->nslots), &m->shm_fd, &m->shm) < 0) {
     log_error("shm_failed", "cannot create the shared memory segment: %s", strerror(errno));
     return 1;
   }

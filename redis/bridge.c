@@ -265,6 +265,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   }
   else log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->b->where);
   rc->attempts = 0;
+  metric_gauge(rc->b->w->m, G_REDIS_CONNECTED, bus_ready(rc->b));
   if (rc == &rc->b->sub) resubscribe_all(rc->b);
 }
 
@@ -274,6 +275,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   rc->ac = NULL;
   int was = rc->connected;
   rc->connected = 0;
+  if (rc->b->w->m) metric_gauge(rc->b->w->m, G_REDIS_CONNECTED, 0);
   if (rc == &rc->b->sub) free_unsubs(rc->b);
   if (rc->b->closing) return;
   if (was) log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,

@@ -130,7 +130,7 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
   size_t hdr = plain->data[1] < 126 ? 2 : plain->data[1] == 126 ? 4 : 10;
   size_t jlen = plain->len - hdr;
   int compress = !w->cfg->no_compression && jlen >= w->cfg->compression_threshold;
-  size_t n = 0;
+  size_t n = 0, extra_raw = 0;
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
@@ -141,9 +141,12 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
     }
     if (c->missed) {
       struct sbuf *m = with_missed(plain->data + hdr, jlen, c->missed);
+      if (m) m->born_us = born_us;
       if (m && conn_send_ref(c, m) == 0) {
         c->missed = 0;
         n++;
+        size_t mh = m->data[1] < 126 ? 2 : m->data[1] == 126 ? 4 : 10;
+        extra_raw += m->len - mh - jlen; /* the ,"missed":N part */
       }
       sbuf_unref(m);
       continue;
@@ -162,6 +165,6 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
   sbuf_unref(plain);
   for (int b = 0; b <= PMD_MAX_BITS; b++) sbuf_unref(deflated[b]);
   metric_add(w->m, M_DELIVERIES, n);
-  metric_add(w->m, M_BYTES_OUT_RAW, n * jlen);
+  metric_add(w->m, M_BYTES_OUT_RAW, n * jlen + extra_raw);
   return n;
 }

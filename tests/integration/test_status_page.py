@@ -1,0 +1,262 @@
+"""The status page of the admin listener: GET /status (one self-contained
+HTML document) and /status/ws (a JSON snapshot every second).
+
+  - Chromium (tests/browser/status.test.js, driven by playwright-core)
+    opens the page while clients of this test are connected and a second
+    page publishes: the numbers appear and move, every request goes to the
+    admin origin, the console stays clean; the screenshot lands in
+    tests/artifacts/status.png;
+  - the snapshots themselves, read with a raw WebSocket: their shape and
+    rhythm, agreement with /metrics, a worker restart;
+  - the HTTP surface of the admin port and the page's own HTML.
+
+Needs /usr/bin/chromium and node (deploy/install-deps.sh installs them);
+playwright-core is installed as test_browser.py does.
+"""
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import wsraw
+from test_browser import CHROMIUM, ensure_playwright_core
+from test_metrics import (Wire, admin_get, close_ws, embedded_redis_socket, open_ws,
+                          recv_json, redis_numsub, scrape, send_json, subscribe, wait_for,
+                          worker_slots)
+from wsraw import OP_CLOSE, OP_TEXT, RawWS
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "browser" / "status.test.js"
+ARTIFACTS = REPO / "tests" / "artifacts"
+SCREENSHOT = ARTIFACTS / "status.png"
+NODE_TIMEOUT = 120
+MIN_TESTS = 6  # what status.test.js defines
+
+WORKER_KEYS = {"worker": int, "pid": int, "up": bool, "redis": bool, "connections": int,
+               "topics": int, "messages_in": int, "deliveries": int, "publishes": int,
+               "bytes_in": int, "bytes_out": int, "slow_dropped": int, "rate_limited": int}
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack("!II", data[16:24])
+
+
+def run_status_test(env_extra):
+    env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
+               SCREENSHOT=str(SCREENSHOT), **env_extra)
+    env.pop("NODE_OPTIONS", None)
+    cmd = ["node", "--test", str(SCRIPT.relative_to(REPO))]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=NODE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # node and the browser it started
+        out, _ = proc.communicate(timeout=10)
+        pytest.fail(f"{' '.join(cmd)} still ran after {NODE_TIMEOUT} s:\n{out}")
+    print(f"$ {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(cmd)}  "
+          f"# {time.monotonic() - t0:.1f} s, exit {proc.returncode}\n{out}")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{out}"
+    counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail) (\d+)$", out, re.M)}
+    assert counts.get("fail") == 0 and counts.get("tests", 0) >= MIN_TESTS \
+        and counts.get("pass") == counts.get("tests"), f"unexpected summary {counts}:\n{out}"
+    return out
+
+
+def test_status_page_in_chromium(start_server):
+    ensure_playwright_core()
+    N, TOPIC = 3, "status-demo"
+    srv = start_server(workers=2)
+    sock = embedded_redis_socket(srv)
+    wire = Wire()
+    clients = [open_ws(srv.port, wire) for _ in range(N)]
+    try:
+        for ws in clients:
+            subscribe(ws, TOPIC)
+        with_subs = sum(1 for v in scrape(srv).per_worker("tidings_connections").values() if v)
+        wait_for("Redis subscriptions", lambda: redis_numsub(sock, TOPIC) == with_subs)
+        if SCREENSHOT.exists():
+            SCREENSHOT.unlink()
+        run_status_test({"ADMIN_URL": f"http://127.0.0.1:{srv.admin_port}/status",
+                         "TIDINGS_URL": srv.url, "EXPECT_CONNECTIONS": str(N),
+                         "EXPECT_WORKERS": "2", "TOPIC": TOPIC})
+        # the subscribers here got what the browser published (no reads
+        # meanwhile: the notifications waited in the socket buffers)
+        m = scrape(srv)
+        published = m.total("tidings_publishes_total")
+        assert published > 0
+        assert m.total("tidings_deliveries_total") == N * published
+        for ws in clients:
+            msg, _ = recv_json(ws)
+            assert msg == {"type": "notification", "topic": TOPIC, "payload": {"n": 0}}, msg
+    finally:
+        for ws in clients:
+            ws.close()
+    assert SCREENSHOT.exists(), f"no screenshot at {SCREENSHOT}"
+    size = SCREENSHOT.stat().st_size
+    assert size > 10 * 1024, f"{SCREENSHOT} is only {size} bytes"
+    w, h = png_size(SCREENSHOT)
+    assert w >= 800 and h >= 400, (w, h)
+
+
+# ---- the snapshots ----
+
+def snapshot(ws, timeout=3.0):
+    fin, op, payload = ws.recv_data(timeout)
+    assert fin and op == OP_TEXT, (fin, op, payload[:200])
+    s = json.loads(payload)
+    assert set(s) == {"time", "restarts", "workers"}, s
+    assert isinstance(s["time"], (int, float)) and isinstance(s["restarts"], int), s
+    for w in s["workers"]:
+        assert set(w) == set(WORKER_KEYS), w
+        for k, t in WORKER_KEYS.items():
+            assert type(w[k]) is t, (k, w)
+    return s
+
+
+def test_status_ws_snapshots_agree_with_metrics(start_server):
+    srv = start_server(workers=2)
+    sock = embedded_redis_socket(srv)
+    st = RawWS.open(srv.admin_port, path="/status/ws")
+    try:
+        t0 = time.time()
+        first = snapshot(st, timeout=0.5)  # one right away
+        assert abs(first["time"] - t0) < 2, (first["time"], t0)
+        assert first["restarts"] == 0
+        assert [w["worker"] for w in first["workers"]] == [1, 2]
+        slots = worker_slots(srv)
+        assert {w["worker"]: w["pid"] for w in first["workers"]} == slots
+        assert all(w["up"] for w in first["workers"])
+        t1 = time.monotonic()
+        second = snapshot(st)
+        gap = time.monotonic() - t1
+        assert 0.5 < gap < 1.6, f"snapshots {gap:.2f} s apart"
+        assert 0.5 < second["time"] - first["time"] < 1.6
+
+        # a workload, then a quiet snapshot that must match /metrics
+        wire = Wire()
+        clients = [open_ws(srv.port, wire) for _ in range(4)]
+        for ws in clients:
+            subscribe(ws, "snap")
+        with_subs = sum(1 for v in scrape(srv).per_worker("tidings_connections").values() if v)
+        wait_for("Redis subscriptions", lambda: redis_numsub(sock, "snap") == with_subs)
+        for i in range(5):
+            send_json(clients[0], {"type": "publish", "topic": "snap", "payload": i})
+        for ws in clients:
+            notes = replies = 0
+            while notes < 5 or (ws is clients[0] and replies < 5):
+                msg = recv_json(ws)[0]
+                notes += msg.get("type") == "notification"
+                replies += msg.get("status") == "published"
+        time.sleep(0.2)
+        deadline = time.monotonic() + 4
+        while True:  # until the workers' next tick has also set topics and redis
+            s = snapshot(st)
+            if all(w["redis"] and w["topics"] == (1 if w["connections"] else 0)
+                   for w in s["workers"]):
+                break
+            assert time.monotonic() < deadline, s
+        m = scrape(srv)
+        for w in s["workers"]:
+            n = w["worker"]
+            for key, fam in [("connections", "tidings_connections"),
+                             ("topics", "tidings_topics"),
+                             ("messages_in", "tidings_messages_received_total"),
+                             ("deliveries", "tidings_deliveries_total"),
+                             ("publishes", "tidings_publishes_total"),
+                             ("bytes_in", "tidings_received_bytes_total"),
+                             ("bytes_out", "tidings_sent_bytes_total"),
+                             ("slow_dropped", "tidings_slow_dropped_total"),
+                             ("rate_limited", "tidings_rate_limited_total")]:
+                assert w[key] == m.value(fam, worker=n), (key, n, w, m.select(fam))
+        assert sum(w["connections"] for w in s["workers"]) == 4
+        assert sum(w["deliveries"] for w in s["workers"]) == 20
+        assert sum(w["publishes"] for w in s["workers"]) == 5
+        assert sum(w["messages_in"] for w in s["workers"]) == 9
+        for ws in clients:
+            close_ws(ws)
+    finally:
+        st.close()
+
+
+def test_status_ws_reports_a_restart(start_server):
+    srv = start_server(workers=2)
+    srv.expect_worker_crash = True
+    st = RawWS.open(srv.admin_port, path="/status/ws")
+    try:
+        s = snapshot(st, timeout=0.5)
+        victim = next(w for w in s["workers"] if w["worker"] == 2)["pid"]
+        assert victim == worker_slots(srv)[2]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while True:
+            s = snapshot(st)
+            w2 = next(w for w in s["workers"] if w["worker"] == 2)
+            if s["restarts"] == 1 and w2["up"] and w2["pid"] not in (0, victim) and w2["redis"]:
+                break
+            assert time.monotonic() < deadline, s
+        assert w2["pid"] == worker_slots(srv)[2]
+        assert next(w for w in s["workers"] if w["worker"] == 1)["up"]
+    finally:
+        st.close()
+
+
+def test_status_ws_answers_a_close_with_a_close(start_server):
+    """RFC 6455 5.5.1: an endpoint that receives a Close frame (and has
+    sent none) must send a Close frame in response, then the server closes
+    TCP.  A page being left sends one (1001)."""
+    srv = start_server(workers=1)
+    st = RawWS.open(srv.admin_port, path="/status/ws")
+    try:
+        snapshot(st, timeout=0.5)
+        st.send_frame(OP_CLOSE, wsraw.close_payload(1001))
+        frames = st.wait_eof(timeout=3)
+        closes = [f for f in frames if f[1] == OP_CLOSE]
+        assert closes, f"the server closed TCP without a Close frame; frames seen: {frames}"
+        assert closes[0][2][:2] in (wsraw.close_payload(1001), wsraw.close_payload(1000)), closes
+    finally:
+        st.close()
+    assert admin_get(srv, "/healthz").status == 200
+
+
+# ---- the admin port's HTTP ----
+
+def test_admin_http_surface_and_a_self_contained_page(start_server):
+    srv = start_server(workers=1)
+    page = admin_get(srv, "/status")
+    assert page.status == 200 and page.eof, page
+    assert page.header("content-type") == "text/html; charset=utf-8", page
+    assert int(page.header("content-length")) == len(page.body)
+    assert page.header("cache-control") == "no-store"
+    html = page.body.decode("utf-8")
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<title>tidings status</title>" in html
+    assert admin_get(srv, "/").body == page.body, "/ serves the status page too"
+    # nothing fetched from elsewhere: no absolute URLs, no external scripts,
+    # styles, fonts or images; the socket is built from location.host
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.I), \
+        re.findall(r"(?:https?:)?//\S+", html)
+    assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)\s*=", html, re.I)
+    assert not re.search(r"@import|url\(", html, re.I)
+    assert "location.host + '/status/ws'" in html
+    for el in ("c-conn", "c-in", "c-out", "c-rst", "g-conn", "g-msg", "workers"):
+        assert f'id="{el}"' in html, el
+
+    assert admin_get(srv, "/healthz").status == 200
+    r = admin_get(srv, "/status/ws")  # no upgrade
+    assert r.status == 400, r
+    r = wsraw.http_exchange(srv.admin_port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Length: 0\r\n\r\n")
+    assert r.status == 405, r
+    assert admin_get(srv, "/metrics/").status == 404
+    assert admin_get(srv, "/favicon.ico").status == 404
