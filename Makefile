@@ -1,7 +1,9 @@
 # tidings - a WebSocket publish/subscribe server.
 #
 #   make            release build: bin/tidings
-#   make test       unit + integration tests against an ASan/UBSan build
+#   make test       unit, fuzz (brief), integration tests against an ASan/UBSan build
+#   make fuzz       each libFuzzer harness for FUZZ_TIME seconds (default 60)
+#   make bench      tidings vs uWebSockets.js vs Node ws -> docs/benchmarks.md
 #   make unit       C unit tests only (ASan/UBSan)
 #   make asan       bin/tidings-asan
 #   make clean
@@ -66,7 +68,10 @@ unit: $(UNIT_TESTS:%=bin/unit/%)
 	  ASAN_OPTIONS=detect_leaks=1 ./bin/unit/$$t || fail=1; done; exit $$fail
 
 # ---- the whole suite ----
-test: bin/tidings bin/tidings-asan unit
+# fuzzing (libFuzzer, clang): make fuzz, make fuzz-smoke, make fuzz-regress
+include tests/fuzz/Makefile
+
+test: bin/tidings bin/tidings-asan unit fuzz-regress fuzz-smoke
 	TIDINGS_BIN=$(CURDIR)/bin/tidings-asan /usr/bin/python3 -m pytest -q tests/integration
 
 format:

@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libwslay-dev libhiredis-dev libjansson-dev
 zlib1g-dev libjwt-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
-openssl procps python3 python3-websockets python3-pytest curl chromium prometheus"
+openssl procps python3 python3-websockets python3-pytest curl chromium prometheus clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
