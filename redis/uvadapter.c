@@ -1,6 +1,16 @@
 #include "uvadapter.h"
 
 #include <stdlib.h>
+#include <sys/ioctl.h>
+
+/* hiredis reads at most 16 KiB per redisAsyncHandleRead, while a worker
+ * reads its WebSocket clients 64 KiB at a time: a worker whose clients
+ * publish large messages at full speed would take publishes in faster than
+ * it reads them back from its subscription, and Redis' output buffer for
+ * that subscriber would grow until Redis cut it off.  So one readable event
+ * drains what the kernel holds, up to this many bytes. */
+#define READ_BUDGET (1024 * 1024)
+#define HIREDIS_READ_CHUNK (16 * 1024)
 
 struct uvadapter {
   uv_poll_t poll;
@@ -16,7 +26,18 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     else if (a->ac) redisAsyncHandleRead(a->ac);
     return;
   }
-  if (a->ac && (events & UV_READABLE)) redisAsyncHandleRead(a->ac);
+  if (a->ac && (events & UV_READABLE)) {
+    size_t budget = READ_BUDGET;
+    for (;;) {
+      redisAsyncHandleRead(a->ac);
+      /* a callback may have freed the context (cleanup clears a->ac) or
+       * stopped reading */
+      if (!a->ac || !(a->events & UV_READABLE) || budget <= HIREDIS_READ_CHUNK) break;
+      budget -= HIREDIS_READ_CHUNK;
+      int pending = 0;
+      if (ioctl(a->ac->c.fd, FIONREAD, &pending) != 0 || pending <= 0) break;
+    }
+  }
   if (a->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(a->ac);
 }
 
