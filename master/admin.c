@@ -14,6 +14,9 @@
 extern const char admin_status_html[];
 
 #define ADMIN_HEAD_MAX 8192
+#define ADMIN_CONNS_MAX 256                /* scrapers and status pages at once */
+#define ADMIN_REQUEST_TIMEOUT_MS 10000     /* a whole request must arrive by then */
+#define ADMIN_WS_QUEUE_MAX (256 * 1024)    /* a status page this far behind is dropped */
 
 struct aconn {
   struct admin *a;
@@ -22,6 +25,7 @@ struct aconn {
   size_t len;
   int ws;      /* a status page's WebSocket: 1 open, 2 close sent */
   int closing;
+  uint64_t accepted; /* uv_now at accept, for the request deadline */
   char buf[ADMIN_HEAD_MAX];
 };
 
@@ -31,6 +35,7 @@ struct admin {
   uv_tcp_t listener;
   uv_timer_t tick;
   struct aconn *conns;
+  int nconns;
   int handles; /* open handles (listener, timer, connections): freed at 0 */
 };
 
@@ -238,6 +243,7 @@ static void on_aclose(uv_handle_t *h) {
   if (c->prev) c->prev->next = c->next;
   else a->conns = c->next;
   if (c->next) c->next->prev = c->prev;
+  c->a->nconns--;
   free(c);
   handle_closed(a);
 }
@@ -443,23 +449,36 @@ static void on_aconn(uv_stream_t *server, int status) {
   struct aconn *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->a = a;
+  c->accepted = uv_now(a->loop);
   uv_tcp_init(a->loop, &c->tcp);
   a->handles++;
+  a->nconns++;
   c->tcp.data = c;
   c->next = a->conns;
   if (a->conns) a->conns->prev = c;
   a->conns = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || a->nconns > ADMIN_CONNS_MAX) {
     aclose(c);
     return;
   }
   uv_read_start((uv_stream_t *)&c->tcp, on_aalloc, on_aread);
 }
 
+/* Once a second: status pages get a snapshot, unless they stopped reading
+ * (then they are dropped rather than queued for); requests that have not
+ * arrived within the deadline are closed. */
 static void on_atick(uv_timer_t *t) {
   struct admin *a = t->data;
-  for (struct aconn *c = a->conns; c; c = c->next)
-    if (c->ws == 1 && !c->closing) send_snapshot(c);
+  uint64_t now = uv_now(a->loop);
+  for (struct aconn *c = a->conns; c; c = c->next) {
+    if (c->closing) continue;
+    if (c->ws == 1) {
+      if (c->tcp.write_queue_size > ADMIN_WS_QUEUE_MAX) aclose(c);
+      else send_snapshot(c);
+    } else if (!c->ws && now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) {
+      aclose(c);
+    }
+  }
 }
 
 static void on_admin_handle_closed(uv_handle_t *h) { handle_closed(h->data); }

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -260,3 +261,24 @@ def test_admin_http_surface_and_a_self_contained_page(start_server):
     assert r.status == 405, r
     assert admin_get(srv, "/metrics/").status == 404
     assert admin_get(srv, "/favicon.ico").status == 404
+
+
+def test_admin_port_drops_requests_that_never_arrive(start_server):
+    """A request must arrive within 10 s (slow-loris on the admin port);
+    the port keeps serving others meanwhile."""
+    srv = start_server(workers=1)
+    idle = socket.create_connection(("127.0.0.1", srv.admin_port))
+    part = socket.create_connection(("127.0.0.1", srv.admin_port))
+    part.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+    try:
+        start = time.monotonic()
+        assert admin_get(srv, "/healthz").status == 200
+        for s in (idle, part):
+            s.settimeout(15)
+            assert s.recv(1024) == b"", "the server answered a request that never came"
+        waited = time.monotonic() - start
+        assert 8 <= waited <= 14, f"closed after {waited:.1f} s, expected about 10 s"
+        assert admin_get(srv, "/healthz").status == 200
+    finally:
+        for s in (idle, part):
+            s.close()
