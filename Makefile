@@ -26,7 +26,7 @@ COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/to
               common/redisaddr.c common/shm.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
-              worker/origin.c worker/auth.c worker/auth_load.c
+              worker/origin.c worker/auth.c worker/auth_load.c worker/frame.c
 BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c master/admin.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)

@@ -20,6 +20,8 @@
 #include <uv.h>
 #include <wslay/wslay.h>
 
+#include "frame.h"
+
 #include "outq.h"
 #include "topics.h"
 
@@ -54,10 +56,7 @@ struct conn {
   uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
   double rate_tokens;          /* token bucket of --rate-limit */
   uint64_t rate_last;          /* loop ms of the last refill */
-  unsigned in_message : 1;     /* a fragmented message is arriving */
-  uint8_t fh_len;              /* bytes of a frame header seen so far */
-  uint8_t fh[14];
-  uint64_t fr_left;            /* payload bytes of the current frame still to come */
+  struct frame_tracker frames; /* where the client's byte stream is */
   unsigned pmd_bits : 4;       /* the window we may compress with */
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;

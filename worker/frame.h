@@ -30,4 +30,22 @@ static inline size_t frame_header(uint8_t out[FRAME_HEADER_MAX], int opcode, int
   return 10;
 }
 
+/* Follows the frame boundaries of a client's byte stream (lengths and FIN
+ * bits only; wslay validates everything else), so that the caller knows
+ * when the stream is between frames and between messages.  Plain data, no
+ * allocation: embed it in the connection, zeroed. */
+struct frame_tracker {
+  uint64_t left;      /* payload bytes of the current frame still to come */
+  uint8_t hdr[14];    /* the frame header seen so far */
+  uint8_t hdr_len;
+  uint8_t in_message; /* a fragmented message is arriving */
+};
+
+void frame_track(struct frame_tracker *t, const uint8_t *p, size_t n);
+
+/* True when no frame or fragmented message is under way. */
+static inline int frame_tracker_idle(const struct frame_tracker *t) {
+  return t->hdr_len == 0 && t->left == 0 && !t->in_message;
+}
+
 #endif

@@ -195,37 +195,9 @@ static int ensure_ctx(struct conn *c) {
   return 0;
 }
 
-static void track_frames(struct conn *c, const uint8_t *p, size_t n) {
-  while (n > 0) {
-    if (c->fr_left > 0) {
-      size_t take = n < c->fr_left ? n : (size_t)c->fr_left;
-      c->fr_left -= take;
-      p += take;
-      n -= take;
-      continue;
-    }
-    c->fh[c->fh_len++] = *p++;
-    n--;
-    if (c->fh_len < 2) continue;
-    unsigned l7 = c->fh[1] & 0x7f;
-    unsigned need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->fh[1] & 0x80) ? 4 : 0);
-    if (c->fh_len < need) continue;
-    uint64_t plen = l7;
-    if (l7 == 126) plen = ((uint64_t)c->fh[2] << 8) | c->fh[3];
-    if (l7 == 127) {
-      plen = 0;
-      for (int i = 0; i < 8; i++) plen = (plen << 8) | c->fh[2 + i];
-    }
-    unsigned op = c->fh[0] & 0x0f, fin = c->fh[0] & 0x80;
-    if (op < 8) c->in_message = !fin; /* data or continuation frame */
-    c->fr_left = plen;
-    c->fh_len = 0;
-  }
-}
-
 static void maybe_release_ctx(struct conn *c) {
-  if (c->ws && c->state == CONN_WS && !c->close_queued && c->fh_len == 0 && c->fr_left == 0 &&
-      !c->in_message && !wslay_event_want_write(c->ws) && wslay_event_want_read(c->ws)) {
+  if (c->ws && c->state == CONN_WS && !c->close_queued && frame_tracker_idle(&c->frames) &&
+      !wslay_event_want_write(c->ws) && wslay_event_want_read(c->ws)) {
     wslay_event_context_free(c->ws);
     c->ws = NULL;
   }
@@ -242,7 +214,7 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
     return;
   }
   if (!wslay_event_want_read(c->ws)) return; /* closing: discard */
-  track_frames(c, data, len);
+  frame_track(&c->frames, data, len);
   c->rptr = data;
   c->rlen = len;
   int rc = wslay_event_recv(c->ws);

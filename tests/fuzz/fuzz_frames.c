@@ -10,8 +10,8 @@
  *
  * The stream is read twice:
  *  A. by one wslay context for the whole connection;
- *  B. as ws.c does it: the frame headers are followed beside wslay (a copy
- *     of ws.c's track_frames()) and the context is freed whenever the
+ *  B. as ws.c does it: the frame headers are followed beside wslay by
+ *     frame_track() (worker/frame.c, the same code ws.c runs) and the context is freed whenever the
  *     stream is between frames and between messages, and made anew for the
  *     next bytes (ws.c's maybe_release_ctx()/ensure_ctx()).
  * Both must deliver the same messages.
@@ -25,6 +25,7 @@
 #include <zlib.h>
 
 #include "../../common/utf8.h"
+#include "../../worker/frame.h"
 #include "../../worker/pmd.h"
 #include "fuzz_common.h"
 
@@ -37,10 +38,7 @@ struct session {
   size_t rlen;
   int close_queued;
   /* ws.c's frame tracking */
-  uint8_t fh[14];
-  unsigned fh_len;
-  uint64_t fr_left;
-  int in_message;
+  struct frame_tracker frames;
   /* what was delivered */
   int nmsg;
   uint64_t log[MAX_LOG];
@@ -155,40 +153,11 @@ static void session_ctx(struct session *s) {
   wslay_event_config_set_allowed_rsv_bits(s->ws, WSLAY_RSV1_BIT);
 }
 
-/* A copy of ws.c's track_frames(). */
-static void track_frames(struct session *c, const uint8_t *p, size_t n) {
-  while (n > 0) {
-    if (c->fr_left > 0) {
-      size_t take = n < c->fr_left ? n : (size_t)c->fr_left;
-      c->fr_left -= take;
-      p += take;
-      n -= take;
-      continue;
-    }
-    c->fh[c->fh_len++] = *p++;
-    n--;
-    if (c->fh_len < 2) continue;
-    unsigned l7 = c->fh[1] & 0x7f;
-    unsigned need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->fh[1] & 0x80) ? 4 : 0);
-    if (c->fh_len < need) continue;
-    uint64_t plen = l7;
-    if (l7 == 126) plen = ((uint64_t)c->fh[2] << 8) | c->fh[3];
-    if (l7 == 127) {
-      plen = 0;
-      for (int i = 0; i < 8; i++) plen = (plen << 8) | c->fh[2 + i];
-    }
-    unsigned op = c->fh[0] & 0x0f, fin = c->fh[0] & 0x80;
-    if (op < 8) c->in_message = !fin;
-    c->fr_left = plen;
-    c->fh_len = 0;
-  }
-}
-
 /* ws_feed(): returns 0, or -1 when the connection is over. */
 static int feed(struct session *s, const uint8_t *p, size_t n, int release) {
   session_ctx(s);
   if (!wslay_event_want_read(s->ws)) return -1;
-  track_frames(s, p, n);
+  frame_track(&s->frames, p, n);
   s->rptr = p;
   s->rlen = n;
   int rc = wslay_event_recv(s->ws);
@@ -197,7 +166,7 @@ static int feed(struct session *s, const uint8_t *p, size_t n, int release) {
   if (rc < 0) return -1;
   if (wslay_event_want_write(s->ws) && wslay_event_send(s->ws) < 0) return -1;
   if (wslay_event_get_close_sent(s->ws)) s->close_queued = 1;
-  if (release && !s->close_queued && s->fh_len == 0 && s->fr_left == 0 && !s->in_message &&
+  if (release && !s->close_queued && frame_tracker_idle(&s->frames) &&
       !wslay_event_want_write(s->ws) && wslay_event_want_read(s->ws)) {
     wslay_event_context_free(s->ws);
     s->ws = NULL;
