@@ -570,17 +570,14 @@ def main():
     ubig = results.res("large", "uws", "plain")
     if big and (big.get("latency_p99_ms") or 0) >= 100 and (
             not ubig or (big.get("latency_p99_ms") or 0) > 5 * (ubig.get("latency_p99_ms") or 0)):
-        w("* **tidings' latency tail with 16 KiB messages at maximum rate** (scenario 4a, p99 %s ms) is "
-          "a tidings problem, found while building this harness: the worker that hosts the publisher "
-          "reads up to 64 KiB of publishes per loop iteration from the WebSocket but drains its own "
-          "Redis subscription only 16 KiB per iteration (hiredis' read size, seen with strace), so "
-          "with 16 KiB messages it falls behind while not CPU-bound (~50%% of a core). The backlog "
-          "piles up in redis-server's output buffer for that worker's subscriber connection (~8 MB/s "
-          "here), the publisher's acks (Redis' PUBLISH replies) do not slow down, and delivery "
-          "latency grows with the length of the run (p99 0.8 s after 3 s, 2.5 s after 6 s, 3.9 s "
-          "after 12 s). In a 45 s run the buffer reached Redis' pubsub limit of 256 MB, Redis "
-          "closed the connection and 49 of the 100 subscribers lost 14%% of the messages. The "
-          "other worker keeps up." % num(big.get("latency_p99_ms")))
+        w("* **tidings' latency tail with 16 KiB messages at maximum rate** (scenario 4a, p99 %s ms, "
+          "over 5× uWS's) is a tidings problem. It is what a worker falling behind its own Redis "
+          "subscription looks like: until the bus drained the subscription socket on each wakeup "
+          "(redis/uvadapter.c), hiredis read it 16 KiB per loop turn while the worker read its "
+          "publishers 64 KiB at a time, the backlog piled up in redis-server's output buffer and "
+          "p99 grew with the length of the run (about 200 ms after 45 s). Look at the `omem` of "
+          "the workers' subscriber connections in redis-server's `CLIENT LIST` during the run."
+          % num(big.get("latency_p99_ms")))
     uc = cpu_per_delivery_us(results.res("large", "uws", "deflate"))
     tc = cpu_per_delivery_us(results.res("large", "tidings", "deflate"))
     if uc is not None and tc is not None and uc > 2 * tc:
