@@ -147,11 +147,8 @@ def handshake(port, extra=(), path="/"):
     the server has closed the connection (resp.eof) with the body read."""
     with wsraw.connect(port) as s:
         s.sendall(wsraw.upgrade_request(path=path, extra=list(extra)))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, f"closed during the handshake: {data!r}"
-            data += chunk
+        head, rest = wsraw.read_head(s)
+        data = head + rest
         if data.startswith(b"HTTP/1.1 101 "):
             return wsraw.Response(data, False)
         rest, eof = wsraw.read_until_eof(s)

@@ -76,32 +76,36 @@ def ensure_playwright_core():
     return _installed_version()
 
 
-def run_browser_test(url, expect_pmd):
-    """Runs pmd.test.js against `url`; fails (with its output) unless it
-    exits 0 having run every test and failed none."""
-    env = dict(os.environ, TIDINGS_URL=url, EXPECT_PMD="1" if expect_pmd else "0",
-               PMD_THRESHOLD=str(THRESHOLD), CHROMIUM_BIN=CHROMIUM,
-               PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1")
+def run_node_test(script, env_extra, min_tests, timeout=NODE_TIMEOUT):
+    """Runs a `node --test` script of tests/browser with Chromium at hand
+    and env_extra in its environment; fails (with its output) unless it
+    exits 0 having run at least min_tests tests and failed none."""
+    env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
+               **env_extra)
     env.pop("NODE_OPTIONS", None)
-    cmd = ["node", "--test", str(SCRIPT.relative_to(REPO))]
+    cmd = ["node", "--test", str(Path(script).relative_to(REPO))]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=NODE_TIMEOUT)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # node and whatever it started in its group
+        os.killpg(proc.pid, signal.SIGKILL)  # node and the browser it started
         out, _ = proc.communicate(timeout=10)
-        pytest.fail(f"{' '.join(cmd)} still ran after {NODE_TIMEOUT} s:\n{out}")
-    took = time.monotonic() - t0
-    print(f"$ TIDINGS_URL={url} EXPECT_PMD={env['EXPECT_PMD']} {' '.join(cmd)}  "
-          f"# {took:.1f} s, exit {proc.returncode}\n{out}")
+        pytest.fail(f"{' '.join(cmd)} still ran after {timeout} s:\n{out}")
+    print(f"$ {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(cmd)}  "
+          f"# {time.monotonic() - t0:.1f} s, exit {proc.returncode}\n{out}")
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{out}"
     counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail) (\d+)$", out, re.M)}
-    assert counts.get("fail") == 0 and counts.get("tests", 0) >= MIN_TESTS \
+    assert counts.get("fail") == 0 and counts.get("tests", 0) >= min_tests \
         and counts.get("pass") == counts.get("tests"), f"unexpected summary {counts}:\n{out}"
     return out
+
+
+def run_browser_test(url, expect_pmd):
+    return run_node_test(SCRIPT, {"TIDINGS_URL": url, "EXPECT_PMD": "1" if expect_pmd else "0",
+                                  "PMD_THRESHOLD": str(THRESHOLD)}, MIN_TESTS)
 
 
 def test_chromium_negotiates_permessage_deflate(start_server):

@@ -1,6 +1,5 @@
 """permessage-deflate (RFC 7692): negotiation, shared compression of
 broadcasts above the threshold, bounded inflation of what clients send."""
-import asyncio
 import json
 import time
 import zlib

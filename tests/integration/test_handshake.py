@@ -142,11 +142,7 @@ def test_valid_upgrade(srv):
     key = wsraw.new_key()
     with wsraw.connect(srv.port) as s:
         s.sendall(wsraw.upgrade_request(key=key))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
-            data += chunk
+        data, _ = wsraw.read_head(s)
     resp = wsraw.Response(data, False)
     assert resp.status == 101, resp
     assert resp.header("upgrade").lower() == "websocket"
@@ -158,7 +154,7 @@ def test_upgrade_rfc_example_key(srv):
     """RFC 6455 section 1.3: dGhlIHNhbXBsZSBub25jZQ== -> s3pPLMBiTxaQ9kYGzzhZRbK+xOo="""
     with wsraw.connect(srv.port) as s:
         s.sendall(wsraw.upgrade_request(key="dGhlIHNhbXBsZSBub25jZQ=="))
-        data = s.recv(4096)
+        data, _ = wsraw.read_head(s)
     resp = wsraw.Response(data, False)
     assert resp.status == 101, resp
     assert resp.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -178,15 +174,11 @@ def test_upgrade_header_variants_accepted(srv, extra, omit):
     key = wsraw.new_key()
     with wsraw.connect(srv.port) as s:
         s.sendall(wsraw.upgrade_request(key=key, extra=extra, omit=omit))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
-            data += chunk
-        resp = wsraw.Response(data, False)
+        head, rest = wsraw.read_head(s)
+        resp = wsraw.Response(head, False)
         assert resp.status == 101, resp
         assert resp.header("sec-websocket-accept") == wsraw.accept_for(key)
-        ws = wsraw.RawWS(s, data.partition(b"\r\n\r\n")[2])
+        ws = wsraw.RawWS(s, rest)
         ws.send_text('{"type":"ping"}')
         assert ws.recv_data() == (True, wsraw.OP_TEXT, b'{"type":"pong"}')
 
@@ -349,13 +341,9 @@ def test_slow_but_complete_handshake_is_fine(start_server):
         for i in range(0, len(req), 20):
             s.sendall(req[i:i + 20])
             time.sleep(0.03)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 101 "), data
-        ws = wsraw.RawWS(s, data.partition(b"\r\n\r\n")[2])
+        head, rest = wsraw.read_head(s)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        ws = wsraw.RawWS(s, rest)
         ws.send_text('{"type":"ping","id":1}')
         assert ws.recv_data() == (True, wsraw.OP_TEXT, b'{"type":"pong","id":1}')
 
@@ -367,13 +355,9 @@ def test_frames_right_behind_the_head(srv):
         + wsraw.build_frame(wsraw.OP_TEXT, '{"type":"ping","id":"b"}')
     with wsraw.connect(srv.port) as s:
         s.sendall(req)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 101 "), data
-        ws = wsraw.RawWS(s, data.partition(b"\r\n\r\n")[2])
+        head, rest = wsraw.read_head(s)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        ws = wsraw.RawWS(s, rest)
         assert ws.recv_data() == (True, wsraw.OP_TEXT, b'{"type":"pong","id":"a"}')
         assert ws.recv_data() == (True, wsraw.OP_TEXT, b'{"type":"pong","id":"b"}')
 

@@ -253,13 +253,8 @@ def open_ws(port, wire, timeout=5.0):
     s = CountingSocket(wsraw.connect(port, timeout), wire)
     key = wsraw.new_key()
     s.sendall(wsraw.upgrade_request(key=key))
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        assert chunk, f"closed during the handshake: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    resp = wsraw.Response(head + b"\r\n\r\n", False)
+    head, rest = wsraw.read_head(s)
+    resp = wsraw.Response(head, False)
     assert resp.status == 101, resp
     assert resp.header("sec-websocket-accept") == wsraw.accept_for(key), resp
     assert resp.header("sec-websocket-extensions") is None, resp
@@ -467,10 +462,7 @@ def test_slow_subscriber_drops_are_counted(start_server):
     s.connect(("127.0.0.1", srv.port))
     key = wsraw.new_key()
     s.sendall(wsraw.upgrade_request(key=key))
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(4096)
-    slow = RawWS(s, data.split(b"\r\n\r\n", 1)[1])
+    slow = RawWS(s, wsraw.read_head(s)[1])
     wire = Wire()
     pub = open_ws(srv.port, wire)
     try:
@@ -485,28 +477,36 @@ def test_slow_subscriber_drops_are_counted(start_server):
         m = wait_for("the bus messages", lambda: (lambda x: x if x.total(
             "tidings_bus_messages_total") == COUNT else None)(scrape(srv)))
         assert m.total("tidings_slow_dropped_total") > 0
-        # read what was queued, then one more notification carries "missed"
-        got = raw_bytes = 0
+        # read what was queued (a notification queued after a drop says how
+        # many it follows), then one more notification carries the rest
+        got = raw_bytes = missed = 0
+        seqs = []
         while True:
             try:
                 fin, op, payload = slow.recv_data(timeout=1.0)
             except wsraw.Timeout:
                 break
             msg = json.loads(payload)
-            assert msg["type"] == "notification" and "missed" not in msg, str(msg)[:200]
+            assert msg["type"] == "notification", str(msg)[:200]
+            seq = int(msg["payload"][:5])
+            assert msg.get("missed", 0) == seq - (seqs[-1] + 1 if seqs else 0), str(msg)[:200]
+            seqs.append(seq)
+            missed += msg.get("missed", 0)
             got += 1
             raw_bytes += len(payload)
+        assert seqs and seqs[-1] < COUNT - 1, "nothing was dropped at the end"
         send_json(pub, {"type": "publish", "topic": TOPIC, "payload": "last"})
         assert recv_json(pub)[0] == {"status": "published", "topic": TOPIC}
         fin, op, payload = slow.recv_data(timeout=5)
         last = json.loads(payload)
-        assert last["payload"] == "last" and last["missed"] > 0, last
+        assert last["payload"] == "last" and last["missed"] == COUNT - 1 - seqs[-1], last
+        missed += last["missed"]
         raw_bytes += len(payload)
-        assert got + last["missed"] == COUNT, (got, last["missed"])
+        assert got + missed == COUNT, (got, missed)
 
         m = wait_for("the counters", lambda: (lambda x: x if x.total(
             "tidings_deliveries_total") == got + 1 else None)(scrape(srv)))
-        assert m.total("tidings_slow_dropped_total") == last["missed"]
+        assert m.total("tidings_slow_dropped_total") == missed
         assert m.total("tidings_slow_disconnects_total") == 0
         assert m.total("tidings_bus_messages_total") == COUNT + 1
         time.sleep(0.2)

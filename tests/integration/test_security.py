@@ -17,12 +17,7 @@ def handshake_status(port, extra=(), path="/"):
     """The status of an upgrade request (without waiting for a close)."""
     with wsraw.connect(port) as s:
         s.sendall(wsraw.upgrade_request(path=path, extra=list(extra)))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, data
-            data += chunk
-        return int(data.split(b" ")[1])
+        return int(wsraw.read_head(s)[0].split(b" ")[1])
 
 
 def test_origin_allowlist(start_server):

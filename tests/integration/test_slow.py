@@ -7,7 +7,6 @@ The fast subscribers and the publisher are the C load generator
 (tests/bench/loadgen); the server is the release build, so that its RSS
 means something (ASan's quarantine and shadow memory would not)."""
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -66,10 +65,7 @@ def slow_client(port):
     s.connect(("127.0.0.1", port))
     key = wsraw.new_key()
     s.sendall(wsraw.upgrade_request(key=key))
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(4096)
-    raw = wsraw.RawWS(s, data.split(b"\r\n\r\n", 1)[1])
+    raw = wsraw.RawWS(s, wsraw.read_head(s)[1])
     raw.send_text(json.dumps({"type": "subscribe", "topic": TOPIC}))
     assert json.loads(raw.recv_data()[2]) == {"status": "subscribed", "topic": TOPIC}
     return raw

@@ -19,14 +19,11 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import wsraw
-from test_browser import CHROMIUM, ensure_playwright_core
+from test_browser import ensure_playwright_core, run_node_test
 from test_metrics import (Wire, admin_get, close_ws, embedded_redis_socket, open_ws,
                           recv_json, redis_numsub, scrape, send_json, subscribe, wait_for,
                           worker_slots)
@@ -51,27 +48,8 @@ def png_size(path):
 
 
 def run_status_test(env_extra):
-    env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1",
-               SCREENSHOT=str(SCREENSHOT), **env_extra)
-    env.pop("NODE_OPTIONS", None)
-    cmd = ["node", "--test", str(SCRIPT.relative_to(REPO))]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=NODE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # node and the browser it started
-        out, _ = proc.communicate(timeout=10)
-        pytest.fail(f"{' '.join(cmd)} still ran after {NODE_TIMEOUT} s:\n{out}")
-    print(f"$ {' '.join(f'{k}={v}' for k, v in env_extra.items())} {' '.join(cmd)}  "
-          f"# {time.monotonic() - t0:.1f} s, exit {proc.returncode}\n{out}")
-    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{out}"
-    counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail) (\d+)$", out, re.M)}
-    assert counts.get("fail") == 0 and counts.get("tests", 0) >= MIN_TESTS \
-        and counts.get("pass") == counts.get("tests"), f"unexpected summary {counts}:\n{out}"
-    return out
+    return run_node_test(SCRIPT, dict(env_extra, SCREENSHOT=str(SCREENSHOT)), MIN_TESTS,
+                         NODE_TIMEOUT)
 
 
 def test_status_page_in_chromium(start_server):

@@ -69,6 +69,19 @@ class Response:
         return f"Response({self.raw[:300]!r}, eof={self.eof})"
 
 
+def read_head(sock):
+    """Reads up to the end of an HTTP response head (the socket's own
+    timeout applies); returns (head with its blank line, what followed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed during the handshake: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
 def read_until_eof(sock, timeout=5.0, limit=1 << 20):
     """Reads until the peer closes.  Returns (data, eof) where eof is False
     when the timeout expired first."""
@@ -144,16 +157,8 @@ class RawWS:
         try:
             key = new_key()
             s.sendall(upgrade_request(path=path, key=key, extra=extra))
-            data = b""
-            deadline = time.monotonic() + timeout
-            while b"\r\n\r\n" not in data:
-                s.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise AssertionError(f"connection closed during the handshake: {data!r}")
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            resp = Response(head + b"\r\n\r\n", False)
+            head, rest = read_head(s)
+            resp = Response(head, False)
             assert resp.status == 101, resp
             assert resp.header("sec-websocket-accept") == accept_for(key), resp
             return cls(s, rest)
