@@ -99,6 +99,7 @@ struct conn {
   uint8_t cur;                   /* out[cur] collects, out[cur ^ 1] is being written */
   uint32_t idx;                  /* index within its role */
   uint32_t topic;                /* subscriber: topic index */
+  uint32_t seq_at;               /* subscriber: where "seq" was in the last notification */
   char *rbuf; /* partial frame (or the handshake response) */
   size_t rlen, rcap, rneed;
   char *msg; /* fragmented message */
@@ -180,6 +181,7 @@ struct global {
   uint64_t deliv_total, deliv_window, deliv_outside, dup, unexpected, bad_msgs;
   uint64_t reordered, uniq_total;
   struct hist lat;
+  uint64_t rx_ns; /* when the read being parsed returned: every message in it had arrived */
 
   uint64_t pings, inflated;
 };

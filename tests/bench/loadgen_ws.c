@@ -332,11 +332,7 @@ static void pub_reply(struct conn *c, const char *p, size_t len) {
 
 /* ---------------- deliveries ---------------- */
 
-static int scan_u64(const char *p, const char *end, const char *key, size_t klen, uint64_t *v,
-                    const char **after) {
-  const char *q = memmem(p, (size_t)(end - p), key, klen);
-  if (!q) return -1;
-  q += klen;
+static int digits_u64(const char *q, const char *end, uint64_t *v, const char **after) {
   if (q >= end || *q < '0' || *q > '9') return -1;
   uint64_t x = 0;
   while (q < end && *q >= '0' && *q <= '9') x = x * 10 + (uint64_t)(*q++ - '0');
@@ -345,12 +341,35 @@ static int scan_u64(const char *p, const char *end, const char *key, size_t klen
   return 0;
 }
 
+static int scan_u64(const char *p, const char *end, const char *key, size_t klen, uint64_t *v,
+                    const char **after) {
+  const char *q = memmem(p, (size_t)(end - p), key, klen);
+  if (!q) return -1;
+  return digits_u64(q + klen, end, v, after);
+}
+
+/* The keys of a notification stand where they stood in the previous one
+ * (one topic, one server): look there first, then anywhere. */
+static int find_seq(struct conn *c, const char *p, const char *end, uint64_t *seq,
+                    const char **after) {
+  size_t len = (size_t)(end - p), at = c->seq_at;
+  if (at && at + 6 < len && memcmp(p + at, "\"seq\":", 6) == 0 &&
+      digits_u64(p + at + 6, end, seq, after) == 0)
+    return 0;
+  const char *q = memmem(p, len, "\"seq\":", 6);
+  if (!q || digits_u64(q + 6, end, seq, after) < 0) return -1;
+  c->seq_at = (uint32_t)(q - p);
+  return 0;
+}
+
 static void sub_notification(struct conn *c, const char *p, size_t len, uint64_t seq,
                              const char *after) {
-  uint64_t now = now_ns();
+  uint64_t now = g.rx_ns;
   const char *end = p + len;
   uint64_t ts;
-  if (scan_u64(after, end, "\"ts\":", 5, &ts, &after) < 0) {
+  if (!(end - after > 6 && memcmp(after, ",\"ts\":", 6) == 0 &&
+        digits_u64(after + 6, end, &ts, &after) == 0) &&
+      scan_u64(after, end, "\"ts\":", 5, &ts, &after) < 0) {
     g.bad_msgs++;
     return;
   }
@@ -406,7 +425,7 @@ static void on_message(struct conn *c, unsigned op, const char *p, size_t len) {
    * needed for the usual layout, then anywhere */
   const char *end = p + len, *after;
   uint64_t seq;
-  if (scan_u64(p, end, "\"seq\":", 6, &seq, &after) == 0) {
+  if (find_seq(c, p, end, &seq, &after) == 0) {
     sub_notification(c, p, len, seq, after);
     return;
   }
@@ -770,6 +789,7 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   struct conn *c = st->data;
   if (nread == 0 || c->state == CS_DEAD) return;
+  g.rx_ns = now_ns();
   if (nread < 0) {
     if (c->close_rcvd || c->close_sent) {
       conn_close(c);
