@@ -355,6 +355,7 @@ def main():
         ("fan-out, 1,000 subs: deliveries/s", "fanout", ("max",) * 3, "deliveries_per_s", rate),
         ("fan-out, 1,000 subs: p99 latency (ms)", "fanout", ("max",) * 3, "latency_p99_ms", num),
         ("10,000 subs / 1,000 topics: deliveries/s", "many", ("max",) * 3, "deliveries_per_s", rate),
+        ("the same, tidings `--workers 1` (section 8)", "many", ("w1", "max", "max"), "deliveries_per_s", rate),
         ("1,000 subs at 20 msg/s: p99 latency (ms)", "latency", ("20rps",) * 3, "latency_p99_ms", num),
         ("16 KiB, 100 subs, uncompressed: deliveries/s", "large", ("plain",) * 3, "deliveries_per_s", rate),
         ("16 KiB, 100 subs, uncompressed: p99 latency (ms)", "large", ("plain",) * 3, "latency_p99_ms", num),
@@ -545,6 +546,34 @@ def main():
             label, cell_or_error(results, "cpu", "tidings", "plain", fn),
             cell_or_error(results, "cpu", "tidings", "deflate", fn),
             ratio(val(on), val(off)) if val and on and off else "—"))
+    w("")
+
+    # 8. one worker
+    w("## 8. tidings with one worker on this machine")
+    w("")
+    w("Scenarios 1 to 3 again against tidings `--workers 1`, in the same run. The loadgen needs "
+      "most of a core, so tidings' default of one worker per core puts three busy processes "
+      "(two workers and the loadgen, with redis-server beside them) on two cores, and every "
+      "message reaches both workers through Redis. On a server whose clients are elsewhere the "
+      "default is the right one; here it shows what the sharing costs.")
+    w("")
+    w("| | tidings (default, 2 workers) | tidings `--workers 1` | uWS.js | 1 worker ÷ uWS |")
+    w("|---|---|---|---|---|")
+    for scen, variant, label in [("fanout", "max", "fan-out"), ("many", "max", "many topics"),
+                                 ("latency", "20rps", "20 msg/s")]:
+        for rl, fn, val in [
+            ("deliveries/s", lambda r: rate(r.get("deliveries_per_s")), lambda r: r.get("deliveries_per_s")),
+            ("latency p50 (ms)", lambda r: num(r.get("latency_p50_ms")), lambda r: r.get("latency_p50_ms")),
+            ("latency p99 (ms)", lambda r: num(r.get("latency_p99_ms")), lambda r: r.get("latency_p99_ms")),
+            ("server CPU (% of a core)", lambda r: num(r.get("server_cpu_pct")), lambda r: r.get("server_cpu_pct")),
+            ("loadgen CPU (% of a core)", lg_cpu_cell, None),
+        ]:
+            one, u = results.res(scen, "tidings", "w1"), results.res(scen, "uws", variant)
+            w("| %s: %s | %s | %s | %s | %s |" % (
+                label, rl, cell_or_error(results, scen, "tidings", variant, fn),
+                cell_or_error(results, scen, "tidings", "w1", fn),
+                cell_or_error(results, scen, "uws", variant, fn),
+                ratio(val(one), val(u)) if val and one and u else "—"))
     w("")
 
     # notes

@@ -277,28 +277,30 @@ log "background CPU before the run: ${BG_BUSY}% of a core"
 
 # 1. fan-out: 1,000 subscribers of one topic, 64-byte payloads, maximum rate.
 log "scenario 1: fan-out"
+FANOUT=(--subs 1000 --topics 1 --pubs 1 --rate 0 --window $FAN_WINDOW --size 64 --warmup $WARM
+        --duration $D_FAN --grace 3)
 start_trio
 for s in tidings uws ws; do
-    lg fanout "$s" max "$s" tree 60 -- --subs 1000 --topics 1 --pubs 1 --rate 0 --window $FAN_WINDOW \
-        --size 64 --warmup $WARM --duration $D_FAN --grace 3
+    lg fanout "$s" max "$s" tree 60 -- "${FANOUT[@]}"
 done
 stop_trio
 
 # 2. many topics: 10,000 subscribers over 1,000 topics, maximum rate, 2 publishers.
 log "scenario 2: many topics"
+MANY=(--subs 10000 --topics 1000 --pubs 2 --rate 0 --window $FAN_WINDOW --size 64 --connect-rate 5000
+      --warmup $WARM --duration $D_MANY --grace 3)
 start_trio
 for s in tidings uws ws; do
-    lg many "$s" max "$s" tree 90 -- --subs 10000 --topics 1000 --pubs 2 --rate 0 --window $FAN_WINDOW \
-        --size 64 --connect-rate 5000 --warmup $WARM --duration $D_MANY --grace 3
+    lg many "$s" max "$s" tree 90 -- "${MANY[@]}"
 done
 stop_trio
 
 # 3. latency at a fixed moderate rate: 1,000 subscribers, 20 messages/s.
 log "scenario 3: latency at 20 msg/s"
+LATENCY=(--subs 1000 --topics 1 --pubs 1 --rate 20 --size 64 --warmup $WARM --duration $D_LAT --grace 3)
 start_trio
 for s in tidings uws ws; do
-    lg latency "$s" 20rps "$s" tree 60 -- --subs 1000 --topics 1 --pubs 1 --rate 20 \
-        --size 64 --warmup $WARM --duration $D_LAT --grace 3
+    lg latency "$s" 20rps "$s" tree 60 -- "${LATENCY[@]}"
 done
 stop_trio
 
@@ -336,6 +338,15 @@ for k in 10 1; do
         --size 64 --warmup $WARM --duration $D_REDIS --grace 3
 done
 stop_server tidings_w2
+
+# 8. tidings with one worker: on this machine the loadgen needs a core of its
+#    own, so the default of one worker per core oversubscribes it.
+log "scenario 8: tidings --workers 1"
+start_server tidings_w1 tidings "${TID[@]}" --workers 1 || true
+lg fanout tidings w1 tidings_w1 tree 60 -- "${FANOUT[@]}"
+lg many tidings w1 tidings_w1 tree 90 -- "${MANY[@]}"
+lg latency tidings w1 tidings_w1 tree 60 -- "${LATENCY[@]}"
+stop_server tidings_w1
 
 # 5. idle connections: a fresh server each; tidings: the workers' RSS only.
 log "scenario 5: $IDLE_CONNS idle connections"
