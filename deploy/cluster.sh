@@ -123,9 +123,9 @@ EOF
 
 hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
 
-# A PROXY v2 header (command LOCAL, no addresses), then GET /healthz.
+# A PROXY v2 header (command LOCAL, no addresses), then GET /readyz.
 PROXY_LOCAL=0d0a0d0a000d0a515549540a20000000
-HEALTHZ=$PROXY_LOCAL$(hex $'GET /healthz HTTP/1.1\r\nHost: cluster\r\n\r\n')
+HEALTHZ=$PROXY_LOCAL$(hex $'GET /readyz HTTP/1.1\r\nHost: cluster\r\n\r\n')
 PING=$(hex $'PING\r\n')
 
 # haproxy_servers: "name status check_status" for each server of the
@@ -351,7 +351,7 @@ cmd_up() {
   for n in a b; do
     ip=$A_IP
     [[ $n == b ]] && ip=$B_IP
-    wait_for "host $n ($ip:$TIDINGS_PORT/healthz)" 15 probe "$EDGE" "$ip" "$TIDINGS_PORT" "$HEALTHZ" "HTTP/1.1 200"
+    wait_for "host $n ($ip:$TIDINGS_PORT/readyz)" 15 probe "$EDGE" "$ip" "$TIDINGS_PORT" "$HEALTHZ" "HTTP/1.1 200"
   done
 
   local -a lbenv=(TIDINGS_LB_SERVER1="$A_IP:$TIDINGS_PORT" TIDINGS_LB_SERVER2="$B_IP:$TIDINGS_PORT"

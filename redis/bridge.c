@@ -398,6 +398,14 @@ void bus_free(struct bus *b) {
 
 int bus_ready(const struct bus *b) { return b && b->cmd.connected && b->sub.connected; }
 
+const char *bus_not_ready_reason(const struct bus *b) {
+  if (!b) return "no Redis bus";
+  if (!b->cmd.connected && !b->sub.connected) return "Redis not connected";
+  if (!b->cmd.connected) return "Redis command connection down";
+  if (!b->sub.connected) return "Redis subscriber connection down";
+  return "ready";
+}
+
 static void on_published(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
   struct pending_pub *p = priv;

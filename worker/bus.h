@@ -27,7 +27,11 @@ int bus_publish(struct bus *b, struct conn *c, const char *topic, size_t tlen,
 void bus_topic_first(void *bus, const struct topic *t);
 void bus_topic_last(void *bus, const struct topic *t);
 
-/* 1 when publishes can be accepted (for /healthz). */
+/* 1 when publishes can be accepted and deliveries arrive (for /healthz
+ * and /readyz). */
 int bus_ready(const struct bus *b);
+
+/* What is missing when bus_ready() is 0: a static string. */
+const char *bus_not_ready_reason(const struct bus *b);
 
 #endif

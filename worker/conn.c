@@ -453,9 +453,16 @@ static int handle_request(struct conn *c, const struct http_request *req) {
     respond(c, 200, NULL, "WebSocket server is running");
     return 0;
   }
-  if (path_is(req->path, "/healthz")) {
-    if (bus_ready(c->w->bus)) respond(c, 200, NULL, "ok\n");
-    else respond(c, 503, NULL, "not ready\n");
+  if (path_is(req->path, "/healthz") || path_is(req->path, "/readyz")) {
+    /* on the public port both speak for this worker: it answers, and it
+     * can take clients (its Redis connections are up) */
+    if (bus_ready(c->w->bus)) {
+      respond(c, 200, NULL, "ok\n");
+    } else {
+      char body[80];
+      snprintf(body, sizeof(body), "not ready: %s\n", bus_not_ready_reason(c->w->bus));
+      respond(c, 503, NULL, body);
+    }
     return 0;
   }
   if (is_echo) {

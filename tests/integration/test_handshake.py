@@ -44,8 +44,9 @@ def test_get_root_with_query(srv):
     assert resp.body == b"WebSocket server is running"
 
 
-def test_healthz(srv):
-    resp = wsraw.http_get(srv.port, "/healthz")
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_healthz(srv, path):
+    resp = wsraw.http_get(srv.port, path)
     check_closed_response(resp, 200)
     assert resp.body == b"ok\n"
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import websockets
 
+import wsraw
 from conftest import free_port
 
 
@@ -186,12 +187,10 @@ def test_redis_outage_keeps_clients_and_recovers(start_server, redis):
         assert await recv_json(clients[0]) == {
             "error": "Message bus unavailable, message not published",
             "code": "bus_unavailable", "topic": "live", "id": 9}
-        # health says so
-        def health():
-            with socket.create_connection(("127.0.0.1", srv.port), 2) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                return s.recv(4096)
-        assert (await asyncio.to_thread(health)).startswith(b"HTTP/1.1 503")
+        # health and readiness say so, and what is down
+        for path in ("/healthz", "/readyz"):
+            resp = await asyncio.to_thread(wsraw.http_get, srv.port, path)
+            assert resp.status == 503 and resp.body.startswith(b"not ready: Redis"), (path, resp)
         # clients stay connected through heartbeats (ping interval 1 s)
         await asyncio.sleep(2.5)
         for c in clients:
