@@ -26,6 +26,7 @@ struct aconn {
   int ws;      /* a status page's WebSocket: 1 open, 2 close sent */
   int closing;
   uint64_t accepted; /* uv_now at accept, for the request deadline */
+  uint64_t snap_at;  /* uv_now of the last snapshot sent */
   char buf[ADMIN_HEAD_MAX];
 };
 
@@ -304,6 +305,7 @@ static void send_snapshot(struct aconn *c) {
   size_t n;
   char *json = admin_snapshot_json(c->a->view, &n);
   if (!json) return;
+  c->snap_at = uv_now(c->a->loop);
   uint8_t h[FRAME_HEADER_MAX];
   size_t hl = frame_header(h, FRAME_TEXT, 0, n);
   asend(c, (const char *)h, hl, json, n, 0);
@@ -474,7 +476,7 @@ static void on_atick(uv_timer_t *t) {
     if (c->closing) continue;
     if (c->ws == 1) {
       if (c->tcp.write_queue_size > ADMIN_WS_QUEUE_MAX) aclose(c);
-      else send_snapshot(c);
+      else if (now - c->snap_at >= 500) send_snapshot(c); /* not twice at once on connecting */
     } else if (!c->ws && now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) {
       aclose(c);
     }
