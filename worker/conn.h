@@ -68,8 +68,7 @@ struct conn {
   size_t hlen;
   /* WebSocket phase */
   wslay_event_context_ptr ws;
-  const uint8_t *rptr;
-  size_t rlen;
+  struct frame_input in; /* during ws_feed(): what wslay still has to read */
   struct auth_grant *grant; /* what the client's token allows, or NULL */
   const char *proto_echo;   /* during the handshake: the subprotocol to echo */
   uint8_t proto_echo_len;

@@ -1,5 +1,20 @@
 #include "frame.h"
 
+#include <string.h>
+
+ssize_t frame_input_recv(wslay_event_context_ptr ctx, struct frame_input *in, uint8_t *buf,
+                         size_t len) {
+  if (in->n == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = len < in->n ? len : in->n;
+  memcpy(buf, in->p, n);
+  in->p += n;
+  in->n -= n;
+  return (ssize_t)n;
+}
+
 void frame_track(struct frame_tracker *t, const uint8_t *p, size_t n) {
   while (n > 0) {
     if (t->left > 0) {

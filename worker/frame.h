@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <wslay/wslay.h>
 
 #define FRAME_HEADER_MAX 10
 enum { FRAME_TEXT = 0x1, FRAME_BINARY = 0x2, FRAME_CLOSE = 0x8, FRAME_PING = 0x9, FRAME_PONG = 0xA };
@@ -42,6 +44,19 @@ struct frame_tracker {
 };
 
 void frame_track(struct frame_tracker *t, const uint8_t *p, size_t n);
+
+/* Bytes just read from a client, lent to wslay_event_recv() for the
+ * length of that call: the caller points p at its read buffer and clears
+ * it afterwards.  Nothing is owned. */
+struct frame_input {
+  const uint8_t *p;
+  size_t n;
+};
+
+/* The body of a wslay recv callback reading from `in`: copies up to len
+ * bytes, or sets WSLAY_ERR_WOULDBLOCK and returns -1 once in is empty. */
+ssize_t frame_input_recv(wslay_event_context_ptr ctx, struct frame_input *in, uint8_t *buf,
+                         size_t len);
 
 /* True when no frame or fragmented message is under way. */
 static inline int frame_tracker_idle(const struct frame_tracker *t) {

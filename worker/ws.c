@@ -15,16 +15,7 @@
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user) {
   (void)flags;
-  struct conn *c = user;
-  if (c->rlen == 0) {
-    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-    return -1;
-  }
-  size_t n = len < c->rlen ? len : c->rlen;
-  memcpy(buf, c->rptr, n);
-  c->rptr += n;
-  c->rlen -= n;
-  return (ssize_t)n;
+  return frame_input_recv(ctx, &((struct conn *)user)->in, buf, len);
 }
 
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
@@ -215,11 +206,9 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
   }
   if (!wslay_event_want_read(c->ws)) return; /* closing: discard */
   frame_track(&c->frames, data, len);
-  c->rptr = data;
-  c->rlen = len;
+  c->in = (struct frame_input){data, len};
   int rc = wslay_event_recv(c->ws);
-  c->rptr = NULL;
-  c->rlen = 0;
+  c->in = (struct frame_input){NULL, 0};
   if (rc < 0) {
     conn_close(c);
     return;

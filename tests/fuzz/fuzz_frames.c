@@ -34,8 +34,7 @@
 
 struct session {
   wslay_event_context_ptr ws;
-  const uint8_t *rptr;
-  size_t rlen;
+  struct frame_input in;
   int close_queued;
   /* ws.c's frame tracking */
   struct frame_tracker frames;
@@ -50,16 +49,7 @@ static uint8_t *zout;  /* reference inflate output */
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user) {
   (void)flags;
-  struct session *s = user;
-  if (s->rlen == 0) {
-    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-    return -1;
-  }
-  size_t n = len < s->rlen ? len : s->rlen;
-  memcpy(buf, s->rptr, n);
-  s->rptr += n;
-  s->rlen -= n;
-  return (ssize_t)n;
+  return frame_input_recv(ctx, &((struct session *)user)->in, buf, len);
 }
 
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
@@ -158,11 +148,9 @@ static int feed(struct session *s, const uint8_t *p, size_t n, int release) {
   session_ctx(s);
   if (!wslay_event_want_read(s->ws)) return -1;
   frame_track(&s->frames, p, n);
-  s->rptr = p;
-  s->rlen = n;
+  s->in = (struct frame_input){p, n};
   int rc = wslay_event_recv(s->ws);
-  s->rptr = NULL;
-  s->rlen = 0;
+  s->in = (struct frame_input){NULL, 0};
   if (rc < 0) return -1;
   if (wslay_event_want_write(s->ws) && wslay_event_send(s->ws) < 0) return -1;
   if (wslay_event_get_close_sent(s->ws)) s->close_queued = 1;
