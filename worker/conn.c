@@ -163,7 +163,11 @@ static void sent_entry(void *arg, const struct sbuf *b) {
     metric_latency(w->m, w->flush_now_us - b->born_us, 1);
 }
 
+/* n bytes have gone to the kernel.  The clock read here (vDSO, no system
+ * call) ends the latency of every broadcast frame this write finished: the
+ * last of 500 subscribers is written well after the first. */
 static void consumed(struct conn *c, size_t n) {
+  c->w->flush_now_us = uv_hrtime() / 1000;
   metric_add(c->w->m, M_BYTES_OUT, n);
   outq_consume_cb(&c->q, n, sent_entry, c->w);
 }
@@ -191,7 +195,6 @@ static void on_write(uv_write_t *req, int status) {
   free(req);
   c->wreq = NULL;
   c->writing = 0;
-  c->w->flush_now_us = uv_hrtime() / 1000;
   consumed(c, c->inflight_bytes);
   c->inflight = 0;
   c->inflight_bytes = 0;
@@ -249,10 +252,6 @@ static void conn_flush(struct conn *c) {
       conn_close(c);
       return;
     }
-    /* the latency histogram's end: this write (a vDSO clock read, no
-     * system call; the last of 500 subscribers is written well after
-     * the first) */
-    c->w->flush_now_us = uv_hrtime() / 1000;
     consumed(c, (size_t)r);
     if ((size_t)r < total) {
       /* the kernel is full: hand the rest to one uv_write */

@@ -66,7 +66,7 @@ struct worker {
   struct shm *shm;  /* shared with the master and the other workers */
   unsigned shm_row; /* the row this worker writes */
   struct metrics *m; /* this worker's counters, in its shared-memory row */
-  uint64_t flush_now_us; /* uv_hrtime()/1000 at the latest write to the kernel */
+  uint64_t flush_now_us; /* uv_hrtime()/1000 at the latest write to the kernel (consumed()) */
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */
