@@ -17,6 +17,7 @@ extern const char admin_status_html[];
 #define ADMIN_CONNS_MAX 256                /* scrapers and status pages at once */
 #define ADMIN_REQUEST_TIMEOUT_MS 10000     /* a whole request must arrive by then */
 #define ADMIN_WS_QUEUE_MAX (256 * 1024)    /* a status page this far behind is dropped */
+#define ADMIN_SNAPSHOT_GAP_MS 500          /* no tick snapshot this soon after the last one */
 
 struct aconn {
   struct admin *a;
@@ -476,7 +477,7 @@ static void on_atick(uv_timer_t *t) {
     if (c->closing) continue;
     if (c->ws == 1) {
       if (c->tcp.write_queue_size > ADMIN_WS_QUEUE_MAX) aclose(c);
-      else if (now - c->snap_at >= 500) send_snapshot(c); /* not twice at once on connecting */
+      else if (now - c->snap_at >= ADMIN_SNAPSHOT_GAP_MS) send_snapshot(c);
     } else if (!c->ws && now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) {
       aclose(c);
     }
