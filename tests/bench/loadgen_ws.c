@@ -12,6 +12,7 @@
  * allocation per message once the buffers have grown. */
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,23 +342,25 @@ static int digits_u64(const char *q, const char *end, uint64_t *v, const char **
   return 0;
 }
 
-static int scan_u64(const char *p, const char *end, const char *key, size_t klen, uint64_t *v,
-                    const char **after) {
+/* The number after key in [p, end): looked for first at `at` (where the
+ * layout of the previous notification puts it; NULL: no guess), then
+ * anywhere.  Returns where the key stands, or NULL. */
+static const char *key_u64(const char *p, const char *end, const char *at, const char *key,
+                           size_t klen, uint64_t *v, const char **after) {
+  if (at && end - at > (ptrdiff_t)klen && memcmp(at, key, klen) == 0 &&
+      digits_u64(at + klen, end, v, after) == 0)
+    return at;
   const char *q = memmem(p, (size_t)(end - p), key, klen);
-  if (!q) return -1;
-  return digits_u64(q + klen, end, v, after);
+  if (!q || digits_u64(q + klen, end, v, after) < 0) return NULL;
+  return q;
 }
 
-/* The keys of a notification stand where they stood in the previous one
- * (one topic, one server): look there first, then anywhere. */
+/* "seq" stands where it stood in this subscriber's previous notification
+ * (one topic, one server). */
 static int find_seq(struct conn *c, const char *p, const char *end, uint64_t *seq,
                     const char **after) {
-  size_t len = (size_t)(end - p), at = c->seq_at;
-  if (at && at + 6 < len && memcmp(p + at, "\"seq\":", 6) == 0 &&
-      digits_u64(p + at + 6, end, seq, after) == 0)
-    return 0;
-  const char *q = memmem(p, len, "\"seq\":", 6);
-  if (!q || digits_u64(q + 6, end, seq, after) < 0) return -1;
+  const char *q = key_u64(p, end, c->seq_at ? p + c->seq_at : NULL, "\"seq\":", 6, seq, after);
+  if (!q) return -1;
   c->seq_at = (uint32_t)(q - p);
   return 0;
 }
@@ -367,9 +370,8 @@ static void sub_notification(struct conn *c, const char *p, size_t len, uint64_t
   uint64_t now = g.rx_ns;
   const char *end = p + len;
   uint64_t ts;
-  if (!(end - after > 6 && memcmp(after, ",\"ts\":", 6) == 0 &&
-        digits_u64(after + 6, end, &ts, &after) == 0) &&
-      scan_u64(after, end, "\"ts\":", 5, &ts, &after) < 0) {
+  /* "ts" follows "seq" and its comma */
+  if (!key_u64(after, end, after < end ? after + 1 : NULL, "\"ts\":", 5, &ts, &after)) {
     g.bad_msgs++;
     return;
   }
