@@ -69,11 +69,15 @@ class Response:
         return f"Response({self.raw[:300]!r}, eof={self.eof})"
 
 
-def read_head(sock):
-    """Reads up to the end of an HTTP response head (the socket's own
-    timeout applies); returns (head with its blank line, what followed)."""
+def read_head(sock, timeout=None):
+    """Reads up to the end of an HTTP response head, within `timeout`
+    seconds in all (None: the socket's own timeout for each read); returns
+    (head with its blank line, what followed)."""
     data = b""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while b"\r\n\r\n" not in data:
+        if deadline is not None:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
         chunk = sock.recv(4096)
         if not chunk:
             raise AssertionError(f"connection closed during the handshake: {data!r}")
@@ -157,7 +161,7 @@ class RawWS:
         try:
             key = new_key()
             s.sendall(upgrade_request(path=path, key=key, extra=extra))
-            head, rest = read_head(s)
+            head, rest = read_head(s, timeout)
             resp = Response(head, False)
             assert resp.status == 101, resp
             assert resp.header("sec-websocket-accept") == accept_for(key), resp
