@@ -22,18 +22,18 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    := $(PKG_LIBS) -lwslay
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-COMMON_SRC := common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
-              common/redisaddr.c common/shm.c
-WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/http.c worker/proto.c \
+COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
+              common/redisaddr.c common/shm.c common/http.c common/frame.c
+WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
-              worker/origin.c worker/auth.c worker/auth_load.c worker/frame.c
+              worker/origin.c worker/auth.c worker/auth_load.c
 BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c master/admin.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
-UNIT_LIB_SRC := $(COMMON_SRC) worker/http.c worker/proto.c worker/outq.c worker/topics.c \
+UNIT_LIB_SRC := $(COMMON_SRC) worker/proto.c worker/outq.c worker/topics.c \
                 worker/proxy.c worker/pmd.c worker/origin.c worker/auth.c
 
 all: bin/tidings

@@ -11,6 +11,8 @@
 
 #include <stdint.h>
 
+#include "reject.h"
+
 enum metric_counter {
   M_CONNECTIONS_TOTAL, /* WebSocket sessions opened */
   M_MESSAGES_IN,       /* WebSocket data messages received */
@@ -26,7 +28,7 @@ enum metric_counter {
   M_RATE_LIMITED,      /* messages refused by the rate limit */
   M_REDIS_RECONNECTS,  /* Redis connections re-established */
   M_REJECT_FIRST,      /* + enum reject_reason: handshakes refused */
-  M__COUNT = M_REJECT_FIRST + 16
+  M__COUNT = M_REJECT_FIRST + REJECT__COUNT
 };
 
 enum metric_gauge {

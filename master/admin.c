@@ -7,8 +7,8 @@
 #include <time.h>
 
 #include "../common/log.h"
-#include "../worker/frame.h"
-#include "../worker/http.h"
+#include "../common/frame.h"
+#include "../common/http.h"
 #include "../worker/worker.h"
 
 extern const char admin_status_html[];
@@ -154,7 +154,7 @@ char *admin_metrics_text(const struct admin_view *v, size_t *len) {
     uint64_t t = 0;
     for (int i = 0; i < v->nslots; i++) t += slot_counter(v, i, M_REJECT_FIRST + r);
     sb_printf(&s, "tidings_handshakes_rejected_total{reason=\"%s\"} %llu\n",
-              worker_reject_name((enum reject_reason)r), (unsigned long long)t);
+              reject_name((enum reject_reason)r), (unsigned long long)t);
   }
   sb_printf(&s, "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
                 "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",

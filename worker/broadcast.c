@@ -8,7 +8,7 @@
 #include "../common/sbuf.h"
 #include "../common/utf8.h"
 #include "conn.h"
-#include "frame.h"
+#include "../common/frame.h"
 #include "pmd.h"
 #include "topics.h"
 #include "worker.h"

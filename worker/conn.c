@@ -9,7 +9,7 @@
 #include "bus.h"
 #include "../common/shm.h"
 #include "auth.h"
-#include "http.h"
+#include "../common/http.h"
 #include "origin.h"
 #include "pmd.h"
 #include "proxy.h"

@@ -20,7 +20,7 @@
 #include <uv.h>
 #include <wslay/wslay.h>
 
-#include "frame.h"
+#include "../common/frame.h"
 
 #include "outq.h"
 #include "topics.h"

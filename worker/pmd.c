@@ -5,7 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "frame.h"
+#include "../common/frame.h"
 
 /* ---- negotiation ---- */
 

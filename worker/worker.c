@@ -21,12 +21,6 @@
  * master logs it and backs off. */
 #define WORKER_EXIT_LISTEN 3
 
-const char *worker_reject_name(enum reject_reason r) {
-  static const char *const names[REJECT__COUNT] = {
-      "bad_request", "too_large", "timeout", "proxy", "origin",
-      "auth",        "per_ip",    "full",    "shutdown"};
-  return (unsigned)r < REJECT__COUNT ? names[r] : "other";
-}
 
 static void on_connection(uv_stream_t *server, int status) {
   struct worker *w = server->data;

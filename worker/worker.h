@@ -22,20 +22,6 @@ struct conn;
 struct bus;
 struct shm;
 
-/* Why a connection was refused before or at the handshake. */
-enum reject_reason {
-  REJECT_BAD_REQUEST,  /* 400/405/426: not a valid upgrade */
-  REJECT_TOO_LARGE,    /* 431 */
-  REJECT_TIMEOUT,      /* head not complete within --handshake-timeout */
-  REJECT_PROXY,        /* missing or bad PROXY header */
-  REJECT_ORIGIN,       /* 403 */
-  REJECT_AUTH,         /* 401 */
-  REJECT_PER_IP,       /* 429 */
-  REJECT_FULL,         /* 503: --max-connections */
-  REJECT_SHUTDOWN,     /* 503: draining */
-  REJECT__COUNT
-};
-const char *worker_reject_name(enum reject_reason r);
 
 /* a circular doubly linked list head */
 struct conn_list {

@@ -8,7 +8,7 @@
 #include "auth.h"
 #include "bus.h"
 #include "conn.h"
-#include "frame.h"
+#include "../common/frame.h"
 #include "proto.h"
 #include "worker.h"
 

@@ -11,7 +11,7 @@
  * The stream is read twice:
  *  A. by one wslay context for the whole connection;
  *  B. as ws.c does it: the frame headers are followed beside wslay by
- *     frame_track() (worker/frame.c, the same code ws.c runs) and the context is freed whenever the
+ *     frame_track() (common/frame.c, the same code ws.c runs) and the context is freed whenever the
  *     stream is between frames and between messages, and made anew for the
  *     next bytes (ws.c's maybe_release_ctx()/ensure_ctx()).
  * Both must deliver the same messages.
@@ -25,7 +25,7 @@
 #include <zlib.h>
 
 #include "../../common/utf8.h"
-#include "../../worker/frame.h"
+#include "../../common/frame.h"
 #include "../../worker/pmd.h"
 #include "fuzz_common.h"
 

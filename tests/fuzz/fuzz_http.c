@@ -1,4 +1,4 @@
-/* fuzz_http - worker/http.c: the request-head parser, the upgrade check,
+/* fuzz_http - common/http.c: the request-head parser, the upgrade check,
  * token lists and Sec-WebSocket-Accept.
  *
  * Invariants checked besides the sanitizers:
@@ -14,7 +14,7 @@
  *    only for a GET with a well-formed 24-character key. */
 #include <string.h>
 
-#include "../../worker/http.h"
+#include "../../common/http.h"
 #include "fuzz_common.h"
 
 static const char *buf_lo, *buf_hi;

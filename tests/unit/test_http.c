@@ -1,4 +1,4 @@
-/* Unit tests for worker/http.c: the HTTP/1.1 request parser, the RFC 6455
+/* Unit tests for common/http.c: the HTTP/1.1 request parser, the RFC 6455
  * upgrade check, Sec-WebSocket-Accept and response formatting. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "../../worker/http.h"
+#include "../../common/http.h"
 
 /* The handshake of RFC 6455 section 1.3, plus a query and a protocol list. */
 static const char VALID[] =

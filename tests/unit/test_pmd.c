@@ -14,7 +14,7 @@
 #include <zlib.h>
 
 #include "../../common/sbuf.h"
-#include "../../worker/frame.h"
+#include "../../common/frame.h"
 #include "../../worker/pmd.h"
 
 #define RESP_BASE "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
