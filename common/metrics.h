@@ -35,6 +35,7 @@ enum metric_gauge {
   G_CONNECTIONS,     /* open WebSocket sessions */
   G_REDIS_CONNECTED, /* 1 when both Redis connections are up */
   G_TOPICS,          /* topics with local subscribers */
+  G_LISTENING,       /* 1 once the worker accepts connections */
   G__COUNT
 };
 

@@ -228,6 +228,10 @@ static int ready(const struct admin_view *v, char *why, size_t n) {
       snprintf(why, n, "worker %d is not running\n", i + 1);
       return 0;
     }
+    if (!slot_gauge(v, i, G_LISTENING, 0)) {
+      snprintf(why, n, "worker %d is not listening yet\n", i + 1);
+      return 0;
+    }
     if (!slot_gauge(v, i, G_REDIS_CONNECTED, 0)) {
       snprintf(why, n, "worker %d is not connected to Redis\n", i + 1);
       return 0;

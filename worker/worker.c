@@ -66,12 +66,14 @@ static int listen_socket(struct worker *w) {
     return -1;
   }
   w->listening = 1;
+  metric_gauge(w->m, G_LISTENING, 1);
   return 0;
 }
 
 static void stop_listening(struct worker *w) {
   if (!w->listening) return;
   w->listening = 0;
+  metric_gauge(w->m, G_LISTENING, 0);
   uv_close((uv_handle_t *)&w->listener, NULL);
 }
 
