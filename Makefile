@@ -26,7 +26,7 @@ COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common
               common/redisaddr.c common/shm.c common/http.c common/frame.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
-              worker/origin.c worker/auth.c worker/auth_load.c
+              worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c
 BUS_SRC    := redis/bridge.c redis/uvadapter.c
 MASTER_SRC := master/master.c master/main.c master/admin.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
@@ -60,6 +60,12 @@ asan: bin/tidings-asan
 
 # ---- unit tests (cmocka) ----
 bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
+	@mkdir -p bin/unit
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
+
+# test_bus runs a whole worker on the in-process bus instead of Redis
+bin/unit/test_bus: build/san/tests/unit/test_bus.o $(COMMON_SRC:%.c=build/san/%.o) \
+                   $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 

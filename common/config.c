@@ -187,8 +187,8 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
     return -1;
   }
-  if (strlen(cfg->redis_prefix) > 64) {
-    snprintf(err, errlen, "--redis-prefix is longer than 64 bytes");
+  if (strlen(cfg->redis_prefix) > REDIS_PREFIX_MAX_LEN) {
+    snprintf(err, errlen, "--redis-prefix is longer than %d bytes", REDIS_PREFIX_MAX_LEN);
     return -1;
   }
   return 0;

@@ -17,6 +17,7 @@
 #include "log.h"
 
 #define TOPIC_MAX_LEN 128
+#define REDIS_PREFIX_MAX_LEN 64 /* --redis-prefix */
 #define HTTP_MAX_HEADER_BYTES 8192
 
 struct config {

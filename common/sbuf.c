@@ -1,5 +1,6 @@
 #include "sbuf.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,5 +23,7 @@ struct sbuf *sbuf_copy(const void *data, size_t len) {
 }
 
 void sbuf_unref(struct sbuf *b) {
-  if (b && --b->refs == 0) free(b);
+  if (!b) return;
+  assert(b->refs > 0 && b->len <= b->cap);
+  if (--b->refs == 0) free(b);
 }

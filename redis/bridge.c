@@ -1,14 +1,19 @@
-/* The Redis bus: joins the workers of this host and of every other host
- * through Redis Pub/Sub.
+/* The Redis bus (bus.h): joins the workers of this host and of every other
+ * host through Redis Pub/Sub.
  *
  * Each worker keeps two connections on its own loop (hiredis' async API
  * bound to libuv by uvadapter.c): a command connection for PUBLISH and a
  * subscriber connection that holds one SUBSCRIBE per topic with local
- * subscribers.  Both reconnect by themselves with capped, jittered backoff;
- * the subscriber re-subscribes every live topic when it comes back.  While
- * the command connection is down a publish is answered with an error at
- * once; a publish in flight when the connection drops is answered with an
- * error by hiredis' callback with a NULL reply.  Nothing is dropped
+ * subscribers.  Both reconnect by themselves with jittered backoff capped at
+ * one second, so that publishes work again within a second of Redis coming
+ * back; when one of the two comes back the other is retried at once.  The
+ * subscriber re-subscribes every live topic when it comes back; if that
+ * cannot be sent (memory), the connection is dropped and the whole
+ * re-subscription retried, so no topic is ever left unsubscribed silently.
+ *
+ * While the command connection is down a publish is refused at once; a
+ * publish in flight when the connection drops gets its published()
+ * callback with BUS_EUNAVAILABLE from hiredis' NULL reply.  Nothing is dropped
  * silently.
  *
  * hiredis 0.14 keeps one callback per channel and deletes it when the
@@ -16,28 +21,27 @@
  * before that confirmation would lose its callback, so a SUBSCRIBE for a
  * channel whose UNSUBSCRIBE is in flight waits for the confirmation.
  */
+#include <assert.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/backoff.h"
+#include "../common/config.h"
 #include "../common/log.h"
+#include "../common/metrics.h"
 #include "../common/redisaddr.h"
-#include "../worker/broadcast.h"
 #include "../worker/bus.h"
-#include "../worker/conn.h"
-#include "../worker/proto.h"
-#include "../worker/worker.h"
-#include "../worker/ws.h"
 #include "uvadapter.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
-#define RESUB_BATCH 500
-#define CHANNEL_MAX 256
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 1000 /* publishes work again within a second of Redis' return */
 #define CONNECT_TIMEOUT_MS 5000
+#define RESUB_BATCH 500 /* channels per SUBSCRIBE when re-subscribing */
+#define CHANNEL_MAX (REDIS_PREFIX_MAX_LEN + TOPIC_MAX_LEN)
 
-struct bus;
+static const struct backoff reconnect_policy = {RECONNECT_MIN_MS, RECONNECT_MAX_MS, 1};
 
 struct rconn {
   struct bus *b;
@@ -59,7 +63,7 @@ struct unsub {
 };
 
 struct bus {
-  struct worker *w;
+  struct bus_env env;
   struct redis_addr addr;
   char where[160];
   const char *prefix;
@@ -69,24 +73,21 @@ struct bus {
   int closing;
 };
 
-struct pending_pub {
-  struct conn *c;
-  char *id_json;
-  size_t tlen;
-  char topic[];
-};
-
 static void rconn_start(struct rconn *rc);
 static void on_retry(uv_timer_t *t);
 
 static void retry_later(struct rconn *rc) {
   if (rc->b->closing) return;
-  uint64_t d = BACKOFF_MIN_MS;
-  for (unsigned i = 0; i < rc->attempts && d < BACKOFF_MAX_MS; i++) d *= 2;
-  if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
-  d = d / 2 + (uint64_t)rand() % (d / 2 + 1); /* jitter: [d/2, d] */
+  uint64_t d = backoff_delay(&reconnect_policy, rc->attempts, (uint32_t)rand());
   rc->attempts++;
   uv_timer_start(&rc->retry, on_retry, d, 0);
+}
+
+/* The other connection of the pair came back: Redis is there again, so a
+ * connection waiting for its next try goes now. */
+static void retry_now(struct rconn *rc) {
+  if (rc->b->closing || rc->ac || rc->resolving) return;
+  uv_timer_start(&rc->retry, on_retry, 0, 0);
 }
 
 static void free_unsubs(struct bus *b) {
@@ -97,12 +98,23 @@ static void free_unsubs(struct bus *b) {
   }
 }
 
+static void set_gauge(struct bus *b) { metric_gauge(b->env.m, G_REDIS_CONNECTED, bus_ready(b)); }
+
 /* ---- subscriber side ---- */
 
 static size_t channel_of(const struct bus *b, const char *topic, size_t tlen, char *out) {
+  assert(tlen <= TOPIC_MAX_LEN && b->prefix_len <= REDIS_PREFIX_MAX_LEN);
   memcpy(out, b->prefix, b->prefix_len);
   memcpy(out + b->prefix_len, topic, tlen);
   return b->prefix_len + tlen;
+}
+
+/* The subscriber connection cannot hold what it should (a command could not
+ * be queued): drop it, so that the reconnect re-subscribes every topic. */
+static void sub_reset(struct bus *b, const char *what) {
+  log_error("redis_subscribe_failed", "Redis subscriber connection to %s: cannot queue %s: reconnecting",
+            b->where, what);
+  if (b->sub.ac) redisAsyncDisconnect(b->sub.ac);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
@@ -110,7 +122,8 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
 static void send_subscribe(struct bus *b, const char *channel, size_t len) {
   const char *argv[2] = {"SUBSCRIBE", channel};
   size_t lens[2] = {9, len};
-  redisAsyncCommandArgv(b->sub.ac, on_sub_reply, b, 2, argv, lens);
+  if (redisAsyncCommandArgv(b->sub.ac, on_sub_reply, b, 2, argv, lens) != REDIS_OK)
+    sub_reset(b, "a SUBSCRIBE");
 }
 
 static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len, struct unsub ***pp) {
@@ -123,6 +136,17 @@ static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len, 
   return NULL;
 }
 
+static void on_message(struct bus *b, const redisReply *chan, const redisReply *msg) {
+  if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < b->prefix_len) return;
+  if ((size_t)msg->len > b->env.cfg->max_message_size) {
+    log_warn("bus_message_dropped", "dropping a %zu-byte message on channel %.*s: over --max-message-size",
+             (size_t)msg->len, (int)chan->len, chan->str);
+    return;
+  }
+  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len,
+                      msg->str, (size_t)msg->len, 0);
+}
+
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
   struct bus *b = priv;
@@ -131,16 +155,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   redisReply *kind = reply->element[0], *chan = reply->element[1];
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING) return;
   if (strcmp(kind->str, "message") == 0) {
-    redisReply *msg = reply->element[2];
-    if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < b->prefix_len) return;
-    if ((size_t)msg->len > b->w->cfg->max_message_size) {
-      log_warn("bus_message_dropped", "dropping a %zu-byte message on channel %.*s: over --max-message-size",
-               (size_t)msg->len, (int)chan->len, chan->str);
-      return;
-    }
-    metric_add(b->w->m, M_BUS_MESSAGES, 1);
-    broadcast(b->w, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len, msg->str,
-              (size_t)msg->len, 0);
+    on_message(b, chan, reply->element[2]);
   } else if (strcmp(kind->str, "unsubscribe") == 0) {
     struct unsub **pp;
     struct unsub *u = find_unsub(b, chan->str, (size_t)chan->len, &pp);
@@ -151,11 +166,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   }
 }
 
-void bus_topic_first(void *arg, const struct topic *t) {
-  struct bus *b = arg;
+void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
   if (!b->sub.connected) return; /* subscribed on (re)connect */
   char ch[CHANNEL_MAX];
-  size_t n = channel_of(b, t->name, t->len, ch);
+  size_t n = channel_of(b, topic, tlen, ch);
   struct unsub *u = find_unsub(b, ch, n, NULL);
   if (u) {
     u->resubscribe = 1;
@@ -164,18 +178,21 @@ void bus_topic_first(void *arg, const struct topic *t) {
   send_subscribe(b, ch, n);
 }
 
-void bus_topic_last(void *arg, const struct topic *t) {
-  struct bus *b = arg;
+void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
   if (!b->sub.connected) return;
   char ch[CHANNEL_MAX];
-  size_t n = channel_of(b, t->name, t->len, ch);
+  size_t n = channel_of(b, topic, tlen, ch);
   struct unsub *u = find_unsub(b, ch, n, NULL);
   if (u) {
     u->resubscribe = 0;
     return;
   }
   u = malloc(sizeof(*u) + n);
-  if (!u) return;
+  if (!u) {
+    /* without the record a quick re-join could lose its callback: start over */
+    sub_reset(b, "an UNSUBSCRIBE");
+    return;
+  }
   u->resubscribe = 0;
   u->len = n;
   memcpy(u->channel, ch, n);
@@ -183,46 +200,56 @@ void bus_topic_last(void *arg, const struct topic *t) {
   b->unsubs = u;
   const char *argv[2] = {"UNSUBSCRIBE", ch};
   size_t lens[2] = {11, n};
-  redisAsyncCommandArgv(b->sub.ac, NULL, NULL, 2, argv, lens);
+  if (redisAsyncCommandArgv(b->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
+    sub_reset(b, "an UNSUBSCRIBE");
 }
 
+/* Re-subscription in batches of RESUB_BATCH channels per SUBSCRIBE, the
+ * channel names laid out in one buffer. */
 struct resub {
   struct bus *b;
+  int n;
+  int failed;
+  size_t topics;
   const char *argv[RESUB_BATCH + 1];
   size_t lens[RESUB_BATCH + 1];
-  char *bufs[RESUB_BATCH + 1];
-  int n;
+  char names[RESUB_BATCH][CHANNEL_MAX];
 };
 
 static void resub_flush(struct resub *r) {
-  if (r->n == 0) return;
+  if (r->n == 0 || r->failed) return;
   r->argv[0] = "SUBSCRIBE";
   r->lens[0] = 9;
-  redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens);
-  for (int i = 1; i <= r->n; i++) free(r->bufs[i]);
+  if (redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens) != REDIS_OK)
+    r->failed = 1;
   r->n = 0;
 }
 
-static void resub_one(void *arg, const struct topic *t) {
+static void resub_one(void *arg, const char *topic, size_t tlen) {
   struct resub *r = arg;
-  char *ch = malloc(r->b->prefix_len + t->len);
-  if (!ch) return;
-  size_t n = channel_of(r->b, t->name, t->len, ch);
+  if (r->failed) return;
+  char *ch = r->names[r->n];
   r->n++;
   r->argv[r->n] = ch;
-  r->lens[r->n] = n;
-  r->bufs[r->n] = ch;
+  r->lens[r->n] = channel_of(r->b, topic, tlen, ch);
+  r->topics++;
   if (r->n == RESUB_BATCH) resub_flush(r);
 }
 
 static void resubscribe_all(struct bus *b) {
-  struct resub *r = calloc(1, sizeof(*r));
-  if (!r) return;
+  struct resub *r = malloc(sizeof(*r));
+  if (!r) {
+    sub_reset(b, "the re-subscription");
+    return;
+  }
   r->b = b;
-  topics_each(&b->w->topics, resub_one, r);
+  r->n = 0;
+  r->failed = 0;
+  r->topics = 0;
+  b->env.host.each_topic(b->env.host.arg, resub_one, r);
   resub_flush(r);
-  if (b->w->topics.ntopics)
-    log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", b->w->topics.ntopics);
+  if (r->failed) sub_reset(b, "the re-subscription");
+  else if (r->topics) log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
   free(r);
 }
 
@@ -248,6 +275,8 @@ static void on_connect_timeout(uv_timer_t *t) {
   retry_later(rc);
 }
 
+static struct rconn *other(struct rconn *rc) { return rc == &rc->b->cmd ? &rc->b->sub : &rc->b->cmd; }
+
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct rconn *rc = ac->data;
   uv_timer_stop(&rc->retry);
@@ -261,26 +290,45 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   rc->connected = 1;
   if (rc->attempts > 0) {
     log_info("redis_restored", "Redis %s connection to %s restored", rc->name, rc->b->where);
-    metric_add(rc->b->w->m, M_REDIS_RECONNECTS, 1);
+    metric_add(rc->b->env.m, M_REDIS_RECONNECTS, 1);
+  } else {
+    log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->b->where);
   }
-  else log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->b->where);
   rc->attempts = 0;
-  metric_gauge(rc->b->w->m, G_REDIS_CONNECTED, bus_ready(rc->b));
+  set_gauge(rc->b);
+  retry_now(other(rc));
   if (rc == &rc->b->sub) resubscribe_all(rc->b);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
-  struct rconn *rc = ac->data;
   (void)status;
+  struct rconn *rc = ac->data;
   rc->ac = NULL;
   int was = rc->connected;
   rc->connected = 0;
-  if (rc->b->w->m) metric_gauge(rc->b->w->m, G_REDIS_CONNECTED, 0);
+  set_gauge(rc->b);
   if (rc == &rc->b->sub) free_unsubs(rc->b);
   if (rc->b->closing) return;
-  if (was) log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,
-                    ac->errstr[0] ? ac->errstr : "closed");
+  if (was)
+    log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,
+             ac->errstr[0] ? ac->errstr : "closed");
   retry_later(rc);
+}
+
+/* Queues the commands that open a connection.  Returns 0 or -1. */
+static int handshake(struct rconn *rc, redisAsyncContext *ac) {
+  const struct redis_addr *a = &rc->b->addr;
+  int ok = REDIS_OK;
+  if (a->password[0]) {
+    if (a->user[0]) ok = redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", a->user, a->password);
+    else ok = redisAsyncCommand(ac, on_auth, rc, "AUTH %s", a->password);
+  }
+  /* SELECT would not change what a subscriber hears: Pub/Sub ignores databases */
+  if (ok == REDIS_OK && rc == &rc->b->cmd && a->db) ok = redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
+  /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
+   * from the first write event, which only a queued command asks for */
+  if (ok == REDIS_OK) ok = redisAsyncCommand(ac, NULL, NULL, "PING");
+  return ok == REDIS_OK ? 0 : -1;
 }
 
 static void attach(struct rconn *rc, redisAsyncContext *ac) {
@@ -292,7 +340,7 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
     return;
   }
   ac->data = rc;
-  if (uvadapter_attach(ac, rc->b->w->loop) != 0) {
+  if (uvadapter_attach(ac, rc->b->env.loop) != 0) {
     redisAsyncFree(ac);
     retry_later(rc);
     return;
@@ -300,15 +348,14 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
   rc->ac = ac;
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  const struct redis_addr *a = &rc->b->addr;
-  if (a->password[0]) {
-    if (a->user[0]) redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", a->user, a->password);
-    else redisAsyncCommand(ac, on_auth, rc, "AUTH %s", a->password);
+  if (handshake(rc, ac) < 0) {
+    log_warn("redis_connect_failed", "Redis %s connection to %s: cannot queue the handshake", rc->name,
+             rc->b->where);
+    rc->ac = NULL;
+    redisAsyncFree(ac); /* not connected yet: no callback comes back */
+    retry_later(rc);
+    return;
   }
-  if (rc == &rc->b->cmd && a->db) redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
-  /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
-   * from the first write event, which only a queued command asks for */
-  redisAsyncCommand(ac, NULL, NULL, "PING");
   /* a connect that hangs (no answer to SYN) is abandoned after a while */
   uv_timer_start(&rc->retry, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);
 }
@@ -344,8 +391,10 @@ static void rconn_start(struct rconn *rc) {
   hints.ai_socktype = SOCK_STREAM;
   rc->gai.data = rc;
   rc->resolving = 1;
-  if (uv_getaddrinfo(rc->b->w->loop, &rc->gai, on_resolved, rc->b->addr.host, NULL, &hints) != 0) {
+  int err = uv_getaddrinfo(rc->b->env.loop, &rc->gai, on_resolved, rc->b->addr.host, NULL, &hints);
+  if (err != 0) {
     rc->resolving = 0;
+    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->b->addr.host, uv_strerror(err));
     retry_later(rc);
   }
 }
@@ -354,46 +403,59 @@ static void on_retry(uv_timer_t *t) { rconn_start(t->data); }
 
 /* ---- the bus interface ---- */
 
-struct bus *bus_new(struct worker *w) {
+struct bus *bus_new(const struct bus_env *env) {
   struct bus *b = calloc(1, sizeof(*b));
-  if (!b) return NULL;
-  b->w = w;
+  if (!b) {
+    log_error("redis_config_failed", "out of memory");
+    return NULL;
+  }
+  b->env = *env;
   char err[256];
-  if (redis_addr_parse(w->cfg->redis, &b->addr, err, sizeof(err)) < 0) {
+  if (redis_addr_parse(env->cfg->redis, &b->addr, err, sizeof(err)) < 0) {
     log_error("redis_config_failed", "%s", err);
     free(b);
     return NULL;
   }
   redis_addr_describe(&b->addr, b->where, sizeof(b->where));
-  b->prefix = w->cfg->redis_prefix;
+  b->prefix = env->cfg->redis_prefix;
   b->prefix_len = strlen(b->prefix);
   struct rconn *rcs[2] = {&b->cmd, &b->sub};
   const char *names[2] = {"command", "subscriber"};
   for (int i = 0; i < 2; i++) {
     rcs[i]->b = b;
     rcs[i]->name = names[i];
-    uv_timer_init(w->loop, &rcs[i]->retry);
+    int rc = uv_timer_init(env->loop, &rcs[i]->retry);
+    assert(rc == 0); /* cannot fail on Linux: it only links the handle into the loop */
+    (void)rc;
     rcs[i]->retry.data = rcs[i];
   }
-  srand((unsigned)uv_hrtime() ^ (unsigned)w->id);
+  srand((unsigned)uv_hrtime() ^ (unsigned)env->worker_id);
   rconn_start(&b->cmd);
   rconn_start(&b->sub);
   return b;
 }
 
+static void on_timer_closed(uv_handle_t *h) {
+  struct rconn *rc = h->data;
+  struct bus *b = rc->b;
+  rc->b = NULL;
+  if (!b->cmd.b && !b->sub.b) free(b);
+}
+
+/* The bus' memory holds the two retry timers: it is freed in the second
+ * timer's close callback (never from inside a callback of its own), which
+ * the worker's loop runs during its teardown. */
 void bus_free(struct bus *b) {
   if (!b) return;
   b->closing = 1;
+  /* pending publishes get their callbacks (NULL replies) from these */
   if (b->cmd.ac) redisAsyncFree(b->cmd.ac);
   if (b->sub.ac) redisAsyncFree(b->sub.ac);
   if (b->cmd.resolving) uv_cancel((uv_req_t *)&b->cmd.gai);
   if (b->sub.resolving) uv_cancel((uv_req_t *)&b->sub.gai);
-  uv_close((uv_handle_t *)&b->cmd.retry, NULL);
-  uv_close((uv_handle_t *)&b->sub.retry, NULL);
   free_unsubs(b);
-  /* the timers' memory is in b: let their close callbacks run first */
-  uv_run(b->w->loop, UV_RUN_NOWAIT);
-  free(b);
+  uv_close((uv_handle_t *)&b->cmd.retry, on_timer_closed);
+  uv_close((uv_handle_t *)&b->sub.retry, on_timer_closed);
 }
 
 int bus_ready(const struct bus *b) { return b && b->cmd.connected && b->sub.connected; }
@@ -406,45 +468,34 @@ const char *bus_not_ready_reason(const struct bus *b) {
   return "ready";
 }
 
+struct pending {
+  struct bus *b;
+  void *req;
+};
+
 static void on_published(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
-  struct pending_pub *p = priv;
+  struct pending *p = priv;
   redisReply *reply = r;
-  struct conn *c = p->c;
-  if (ws_can_send(c)) {
-    if (reply && reply->type == REDIS_REPLY_INTEGER)
-      proto_reply_status(&ws_proto_ops, c, "published", p->topic, p->tlen, p->id_json);
-    else
-      proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, p->topic, p->tlen, p->id_json);
-  }
-  metric_add(c->w->m, reply && reply->type == REDIS_REPLY_INTEGER ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
-  conn_unref(c);
-  free(p->id_json);
+  int err = reply && reply->type == REDIS_REPLY_INTEGER ? BUS_OK : BUS_EUNAVAILABLE;
+  p->b->env.host.published(p->b->env.host.arg, p->req, err);
   free(p);
 }
 
-int bus_publish(struct bus *b, struct conn *c, const char *topic, size_t tlen,
-                const char *payload, size_t plen, const char *id_json) {
-  if (!b->cmd.connected) {
-    metric_add(b->w->m, M_PUBLISH_ERRORS, 1);
-    return PROTO_EBUS;
-  }
-  struct pending_pub *p = malloc(sizeof(*p) + tlen);
-  if (!p) return PROTO_EINTERNAL;
-  p->c = c;
-  p->tlen = tlen;
-  memcpy(p->topic, topic, tlen);
-  p->id_json = id_json ? strdup(id_json) : NULL;
+int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
+                void *req) {
+  if (!b->cmd.connected) return BUS_EUNAVAILABLE;
+  struct pending *p = malloc(sizeof(*p));
+  if (!p) return BUS_ENOMEM;
+  p->b = b;
+  p->req = req;
   char ch[CHANNEL_MAX];
   size_t n = channel_of(b, topic, tlen, ch);
   const char *argv[3] = {"PUBLISH", ch, payload};
   size_t lens[3] = {7, n, plen};
-  conn_ref(c);
   if (redisAsyncCommandArgv(b->cmd.ac, on_published, p, 3, argv, lens) != REDIS_OK) {
-    conn_unref(c);
-    free(p->id_json);
     free(p);
-    return PROTO_EBUS;
+    return BUS_EUNAVAILABLE;
   }
-  return PROTO_PENDING;
+  return BUS_OK;
 }

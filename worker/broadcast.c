@@ -1,7 +1,6 @@
 #include "broadcast.h"
 
 #include <jansson.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +9,7 @@
 #include "conn.h"
 #include "../common/frame.h"
 #include "pmd.h"
+#include "slow.h"
 #include "topics.h"
 #include "worker.h"
 #include "ws.h"
@@ -70,21 +70,6 @@ static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payl
   return b;
 }
 
-/* The one notification a subscriber gets after it missed some: the shared
- * JSON with "missed":N added, made for this subscriber alone (slow path). */
-static struct sbuf *with_missed(const uint8_t *json, size_t jlen, uint32_t missed) {
-  char tail[32];
-  int tl = snprintf(tail, sizeof(tail), ",\"missed\":%u}", missed);
-  size_t len = jlen - 1 + (size_t)tl;
-  struct sbuf *b = sbuf_new(FRAME_HEADER_MAX + len);
-  if (!b) return NULL;
-  size_t h = frame_header(b->data, FRAME_TEXT, 0, len);
-  memcpy(b->data + h, json, jlen - 1);
-  memcpy(b->data + h + jlen - 1, tail, (size_t)tl);
-  b->len = h + len;
-  return b;
-}
-
 char *broadcast_notification(const char *topic, size_t tlen, const char *payload, size_t plen,
                              int is_json, size_t *len) {
   char *enc = NULL;
@@ -134,21 +119,13 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
-    if (conn_over_cap(c)) { /* a slow subscriber: skip, and tell it later */
-      c->missed++;
-      metric_add(w->m, M_SLOW_DROPPED, 1);
-      continue;
-    }
+    if (slow_skip(c)) continue; /* told later, with "missed" */
     if (c->missed) {
-      struct sbuf *m = with_missed(plain->data + hdr, jlen, c->missed);
-      if (m) m->born_us = born_us;
-      if (m && conn_send_ref(c, m) == 0) {
-        c->missed = 0;
+      int extra = slow_send_missed(c, plain->data + hdr, jlen, born_us);
+      if (extra >= 0) {
         n++;
-        size_t mh = m->data[1] < 126 ? 2 : m->data[1] == 126 ? 4 : 10;
-        extra_raw += m->len - mh - jlen; /* the ,"missed":N part */
+        extra_raw += (size_t)extra;
       }
-      sbuf_unref(m);
       continue;
     }
     struct sbuf *f = plain;

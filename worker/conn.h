@@ -1,8 +1,8 @@
 /* conn.h - one client connection, from accept to close.
  *
- * A connection starts in CONN_HTTP, reading its request head into a bounded
- * buffer; it answers plain HTTP itself or upgrades to CONN_WS, where wslay
- * (ws.c) parses frames.  Every byte to send goes through the connection's
+ * A connection starts in CONN_HTTP, where handshake.c reads its request
+ * head into a bounded buffer and answers it or upgrades it to CONN_WS,
+ * where wslay (ws.c) parses frames.  Every byte to send goes through the connection's
  * outq and is flushed at the end of the loop turn (uv_try_write first, then
  * one uv_write for what is left).  CONN_DRAINING: the last bytes (an HTTP
  * error or a close frame) are queued; once they are out, the write side is
@@ -81,16 +81,16 @@ struct conn {
 
 /* Accepts a pending connection from the worker's listener. */
 void conn_accept(struct worker *w);
+/* Writes c->addr as "ip:port" into c->peer (for logs). */
+void conn_describe_peer(struct conn *c);
 
 /* Queues bytes (copied).  Returns 0 or -1. */
 int conn_send_copy(struct conn *c, const void *data, size_t len);
 /* Queues a reference to a shared buffer.  Returns 0 or -1. */
 int conn_send_ref(struct conn *c, struct sbuf *b);
-/* 1 when the queue is over --max-queued-bytes: broadcasts skip it. */
-int conn_over_cap(struct conn *c);
-/* Applies the disconnect policy to a subscriber over the cap for too long:
- * drops what was not started, sends close 1013 and drains. */
-void conn_slow_close(struct conn *c);
+/* Stops (pause = 1) or resumes reading from the client; a connection that
+ * cannot is closed. */
+void conn_read_pause(struct conn *c, int pause);
 /* Marks the connection for a flush at the end of this loop turn. */
 void conn_mark_dirty(struct conn *c);
 /* Flushes every dirty connection (the worker's uv_check callback). */

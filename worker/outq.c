@@ -1,5 +1,6 @@
 #include "outq.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,7 @@ static struct outq_entry *at(const struct outq *q, uint32_t i) {
 int outq_push_ref(struct outq *q, struct sbuf *b) {
   if (b->len == 0) return 0; /* an empty entry would never be consumed */
   if (q->count == q->cap && grow(q) < 0) return -1;
+  assert(q->count < q->cap && (q->cap & (q->cap - 1)) == 0);
   struct outq_entry *e = at(q, q->count++);
   e->buf = sbuf_ref(b);
   e->off = 0;
@@ -67,6 +69,7 @@ void outq_consume(struct outq *q, size_t n) { outq_consume_cb(q, n, NULL, NULL);
 
 void outq_consume_cb(struct outq *q, size_t n, void (*done)(void *arg, const struct sbuf *b),
                      void *arg) {
+  assert(n <= q->bytes); /* the kernel took no more than was queued */
   q->bytes -= n;
   while (n > 0 && q->count > 0) {
     struct outq_entry *e = at(q, 0);
@@ -99,6 +102,7 @@ void outq_trim(struct outq *q) {
 }
 
 void outq_truncate(struct outq *q, uint32_t keep) {
+  assert(keep <= q->count);
   while (q->count > keep) {
     struct outq_entry *e = at(q, q->count - 1);
     q->bytes -= e->buf->len - e->off;

@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <signal.h>
@@ -14,12 +15,16 @@
 #include "../common/shm.h"
 #include "auth_load.h"
 #include "bus.h"
+#include "pubsub.h"
+#include "slow.h"
 #include "conn.h"
 #include "ws.h"
 
 /* Exit status of a worker whose listening socket could not be set up: the
  * master logs it and backs off. */
 #define WORKER_EXIT_LISTEN 3
+#define TICK_MS 1000 /* deadlines, heartbeat and gauges */
+#define LISTEN_BACKLOG 4096
 
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -57,10 +62,14 @@ static int listen_socket(struct worker *w) {
     return -1;
   }
   freeaddrinfo(ai);
-  uv_tcp_init(w->loop, &w->listener);
+  if ((rc = uv_tcp_init(w->loop, &w->listener)) != 0) {
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
+    close(fd);
+    return -1;
+  }
   w->listener.data = w;
   if ((rc = uv_tcp_open(&w->listener, fd)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
+      (rc = uv_listen((uv_stream_t *)&w->listener, LISTEN_BACKLOG, on_connection)) != 0) {
     log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
     uv_close((uv_handle_t *)&w->listener, NULL);
     return -1;
@@ -112,11 +121,9 @@ static void on_tick(uv_timer_t *t) {
       conn_close(c);
     }
   });
-  uint64_t grace = (uint64_t)w->cfg->slow_grace * 1000;
   EACH_CONN(w->open, c, {
     if (c->q.count == 0 && !c->writing) outq_trim(&c->q);
-    else if (w->cfg->slow_disconnect && c->over_since && now >= c->over_since + grace)
-      conn_slow_close(c);
+    else slow_tick(c, now);
   });
   if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);
   metric_gauge(w->m, G_TOPICS, (int64_t)w->topics.ntopics);
@@ -168,9 +175,120 @@ static void on_signal(uv_signal_t *s, int signum) {
   worker_shutdown(w);
 }
 
+/* Starts the timers, the flusher and the signal handlers.  Returns 0 or a
+ * negative libuv error. */
+static int start_handles(struct worker *w) {
+  int rc;
+  if ((rc = uv_timer_init(w->loop, &w->tick)) != 0 || (rc = uv_timer_init(w->loop, &w->grace)) != 0 ||
+      (rc = uv_check_init(w->loop, &w->flusher)) != 0 ||
+      (rc = uv_prepare_init(w->loop, &w->flusher_pre)) != 0)
+    return rc;
+  w->tick.data = w->grace.data = w->flusher.data = w->flusher_pre.data = w;
+  if ((rc = uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS)) != 0 ||
+      (rc = uv_check_start(&w->flusher, on_check)) != 0 ||
+      (rc = uv_prepare_start(&w->flusher_pre, on_prepare)) != 0)
+    return rc;
+  uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    if ((rc = uv_signal_init(w->loop, sigs[i])) != 0) return rc;
+    sigs[i]->data = w;
+    if ((rc = uv_signal_start(sigs[i], on_signal, nums[i])) != 0) return rc;
+  }
+  return 0;
+}
+
+/* Maps the shared memory from the master (fd 3), or a private segment when
+ * the worker runs alone.  Returns 0 or -1. */
+static int attach_shm(struct worker *w) {
+  const char *row = getenv("TIDINGS_SHM_ROW");
+  int private_fd = -1;
+  if (row && (w->shm = shm_attach(SHM_FD))) {
+    w->shm_row = (unsigned)atoi(row);
+    close(SHM_FD);
+  } else if (shm_create(1, &private_fd, &w->shm) == 0) {
+    w->shm_row = 0;
+    close(private_fd);
+  } else {
+    return -1;
+  }
+  if (w->shm_row >= w->shm->nrows) w->shm_row = 0;
+  shm_worker_start(w->shm, w->shm_row, (uint32_t)getpid());
+  w->m = &w->shm->rows[w->shm_row].m;
+  return 0;
+}
+
+struct worker *worker_new(const struct config *cfg, int id, int *status) {
+  struct worker *w = calloc(1, sizeof(*w));
+  *status = 1;
+  if (!w) return NULL;
+  w->cfg = cfg;
+  w->id = id;
+  w->loop = malloc(sizeof(uv_loop_t));
+  if (!w->loop || uv_loop_init(w->loop) != 0) {
+    log_error("init_failed", "cannot initialize the event loop");
+    free(w->loop);
+    free(w);
+    return NULL;
+  }
+  pmd_init(&w->pmd, cfg->max_message_size); /* streams are made on first use */
+  if (topics_init(&w->topics) != 0) {
+    log_error("init_failed", "out of memory");
+    goto fail;
+  }
+  char aerr[256];
+  const char *alg;
+  if (auth_load(cfg, &w->auth, &alg, aerr, sizeof(aerr)) < 0) {
+    log_error("auth_config_failed", "%s", aerr);
+    *status = WORKER_EXIT_LISTEN;
+    goto fail;
+  }
+  if (attach_shm(w) < 0) {
+    log_error("shm_failed", "cannot map shared memory");
+    goto fail;
+  }
+  int rc = start_handles(w);
+  if (rc != 0) {
+    log_error("init_failed", "cannot start the worker's handles: %s", uv_strerror(rc));
+    goto fail;
+  }
+  if (pubsub_start(w) < 0 || listen_socket(w) < 0) {
+    *status = WORKER_EXIT_LISTEN;
+    goto fail;
+  }
+  *status = 0;
+  return w;
+fail:
+  worker_free(w);
+  return NULL;
+}
+
 static void close_walk(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void worker_free(struct worker *w) {
+  if (!w) return;
+  /* connections first (a test may stop a worker that still has some):
+   * their memory goes in their close callbacks, or when the bus answers
+   * the last publish that holds one */
+  EACH_CONN(w->open, c, { conn_close(c); });
+  EACH_CONN(w->handshaking, c, { conn_close(c); });
+  conn_flush_dirty(w); /* drops the flusher's references */
+  pubsub_stop(w);
+  /* then every other handle; let their callbacks run, free */
+  uv_walk(w->loop, close_walk, NULL);
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(w->loop);
+  assert(rc == 0); /* every handle closed above */
+  (void)rc;
+  topics_free(&w->topics);
+  pmd_free(&w->pmd);
+  auth_free(w->auth);
+  if (w->shm) shm_detach(w->shm);
+  free(w->loop);
+  free(w);
 }
 
 int worker_main(const struct config *cfg, int id) {
@@ -188,79 +306,12 @@ int worker_main(const struct config *cfg, int id) {
   if (mp && getppid() != (pid_t)atoi(mp)) return 0;
   signal(SIGPIPE, SIG_IGN);
 
-  struct worker *w = calloc(1, sizeof(*w));
-  if (!w) return 1;
-  w->cfg = cfg;
-  w->id = id;
-  w->loop = malloc(sizeof(uv_loop_t));
-  if (!w->loop || uv_loop_init(w->loop) != 0 || topics_init(&w->topics) != 0) {
-    log_error("init_failed", "cannot initialize the event loop");
-    return 1;
-  }
-  pmd_init(&w->pmd, cfg->max_message_size);
-  char aerr[256];
-  const char *alg;
-  if (auth_load(cfg, &w->auth, &alg, aerr, sizeof(aerr)) < 0) {
-    log_error("auth_config_failed", "%s", aerr);
-    return WORKER_EXIT_LISTEN;
-  }
-  /* shared memory from the master (fd 3), or a private segment when run alone */
-  const char *row = getenv("TIDINGS_SHM_ROW");
-  int private_fd = -1;
-  if (row && (w->shm = shm_attach(SHM_FD))) {
-    w->shm_row = (unsigned)atoi(row);
-    close(SHM_FD);
-  } else if (shm_create(1, &private_fd, &w->shm) == 0) {
-    w->shm_row = 0;
-    close(private_fd);
-  } else {
-    log_error("shm_failed", "cannot map shared memory");
-    return 1;
-  }
-  if (w->shm_row >= w->shm->nrows) w->shm_row = 0;
-  shm_worker_start(w->shm, w->shm_row, (uint32_t)getpid());
-  w->m = &w->shm->rows[w->shm_row].m;
-  w->bus = bus_new(w);
-  w->topics.on_first = bus_topic_first;
-  w->topics.on_last = bus_topic_last;
-  w->topics.cb_arg = w->bus;
-  int status = 0;
-  if (!w->bus || listen_socket(w) < 0) {
-    status = WORKER_EXIT_LISTEN;
-  } else {
-    uv_timer_init(w->loop, &w->tick);
-    w->tick.data = w;
-    uv_timer_start(&w->tick, on_tick, 1000, 1000);
-    uv_timer_init(w->loop, &w->grace);
-    w->grace.data = w;
-    uv_check_init(w->loop, &w->flusher);
-    w->flusher.data = w;
-    uv_check_start(&w->flusher, on_check);
-    uv_prepare_init(w->loop, &w->flusher_pre);
-    w->flusher_pre.data = w;
-    uv_prepare_start(&w->flusher_pre, on_prepare);
-    uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup};
-    int nums[] = {SIGTERM, SIGINT, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-      uv_signal_init(w->loop, sigs[i]);
-      sigs[i]->data = w;
-      uv_signal_start(sigs[i], on_signal, nums[i]);
-    }
-    log_info("listen", "listening on %s:%d", cfg->bind, cfg->port);
-    uv_run(w->loop, UV_RUN_DEFAULT);
-    log_info("stop", "stopped");
-  }
-  /* tear down: close every handle, let their callbacks run, free */
-  bus_free(w->bus);
-  w->bus = NULL;
-  uv_walk(w->loop, close_walk, NULL);
+  int status;
+  struct worker *w = worker_new(cfg, id, &status);
+  if (!w) return status;
+  log_info("listen", "listening on %s:%d", cfg->bind, cfg->port);
   uv_run(w->loop, UV_RUN_DEFAULT);
-  uv_loop_close(w->loop);
-  topics_free(&w->topics);
-  pmd_free(&w->pmd);
-  auth_free(w->auth);
-  shm_detach(w->shm);
-  free(w->loop);
-  free(w);
-  return status;
+  log_info("stop", "stopped");
+  worker_free(w);
+  return 0;
 }

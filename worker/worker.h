@@ -61,6 +61,15 @@ struct worker {
 /* Runs the worker until it shuts down; returns the process exit status. */
 int worker_main(const struct config *cfg, int id);
 
+/* The parts of worker_main, for tests that drive a worker's loop
+ * themselves.  worker_new() sets up the loop, shared memory (a private
+ * segment outside a master), the bus and the listening socket; on failure
+ * it returns NULL with the exit status in *status.  worker_free() closes
+ * every handle (connections included), runs the loop until their callbacks
+ * are done, and frees the worker.  cfg must outlive the worker. */
+struct worker *worker_new(const struct config *cfg, int id, int *status);
+void worker_free(struct worker *w);
+
 /* Begins the graceful shutdown (also what SIGTERM does). */
 void worker_shutdown(struct worker *w);
 

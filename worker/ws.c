@@ -6,10 +6,10 @@
 #include "../common/log.h"
 #include "../common/utf8.h"
 #include "auth.h"
-#include "bus.h"
 #include "conn.h"
 #include "../common/frame.h"
 #include "proto.h"
+#include "pubsub.h"
 #include "worker.h"
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -73,7 +73,7 @@ static int op_publish(void *ctx, const char *topic, size_t tlen, const char *pay
                       size_t plen, const char *id_json) {
   struct conn *c = ctx;
   if (c->w->auth && !auth_allows(c->grant, AUTH_PUBLISH, topic, tlen)) return PROTO_EFORBIDDEN;
-  return bus_publish(c->w->bus, c, topic, tlen, payload, plen, id_json);
+  return pubsub_publish(c, topic, tlen, payload, plen, id_json);
 }
 
 const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send};

@@ -1,0 +1,111 @@
+#include "pubsub.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "broadcast.h"
+#include "bus.h"
+#include "conn.h"
+#include "proto.h"
+#include "worker.h"
+#include "ws.h"
+
+/* A publish the bus has accepted and not yet answered. */
+struct pub_req {
+  struct conn *c; /* holds a reference */
+  char *id_json;  /* the request's "id", or NULL */
+  size_t tlen;
+  char topic[];
+};
+
+static void on_deliver(void *arg, const char *topic, size_t tlen, const char *payload, size_t plen,
+                       int is_json) {
+  struct worker *w = arg;
+  metric_add(w->m, M_BUS_MESSAGES, 1);
+  broadcast(w, topic, tlen, payload, plen, is_json);
+}
+
+static int proto_err_of(int bus_err) { return bus_err == BUS_ENOMEM ? PROTO_EINTERNAL : PROTO_EBUS; }
+
+static void on_published(void *arg, void *req, int err) {
+  struct worker *w = arg;
+  struct pub_req *p = req;
+  struct conn *c = p->c;
+  if (ws_can_send(c)) {
+    if (err == 0) proto_reply_status(&ws_proto_ops, c, "published", p->topic, p->tlen, p->id_json);
+    else proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
+  }
+  metric_add(w->m, err == 0 ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
+  conn_unref(c);
+  free(p->id_json);
+  free(p);
+}
+
+struct each_ctx {
+  void (*fn)(void *fnarg, const char *topic, size_t tlen);
+  void *fnarg;
+};
+
+static void each_one(void *arg, const struct topic *t) {
+  struct each_ctx *e = arg;
+  e->fn(e->fnarg, t->name, t->len);
+}
+
+static void on_each_topic(void *arg, void (*fn)(void *fnarg, const char *topic, size_t tlen),
+                          void *fnarg) {
+  struct worker *w = arg;
+  struct each_ctx e = {fn, fnarg};
+  topics_each(&w->topics, each_one, &e);
+}
+
+static void on_topic_first(void *arg, const struct topic *t) { bus_topic_first(arg, t->name, t->len); }
+static void on_topic_last(void *arg, const struct topic *t) { bus_topic_last(arg, t->name, t->len); }
+
+int pubsub_start(struct worker *w) {
+  struct bus_env env = {
+      .loop = w->loop,
+      .cfg = w->cfg,
+      .m = w->m,
+      .worker_id = w->id,
+      .host = {.arg = w, .deliver = on_deliver, .published = on_published, .each_topic = on_each_topic},
+  };
+  w->bus = bus_new(&env);
+  if (!w->bus) return -1;
+  w->topics.on_first = on_topic_first;
+  w->topics.on_last = on_topic_last;
+  w->topics.cb_arg = w->bus;
+  return 0;
+}
+
+void pubsub_stop(struct worker *w) {
+  w->topics.on_first = NULL;
+  w->topics.on_last = NULL;
+  bus_free(w->bus);
+  w->bus = NULL;
+}
+
+int pubsub_publish(struct conn *c, const char *topic, size_t tlen, const char *payload, size_t plen,
+                   const char *id_json) {
+  struct worker *w = c->w;
+  struct pub_req *p = malloc(sizeof(*p) + tlen);
+  if (!p) return PROTO_EINTERNAL;
+  p->c = c;
+  p->tlen = tlen;
+  memcpy(p->topic, topic, tlen);
+  p->id_json = NULL;
+  if (id_json && !(p->id_json = strdup(id_json))) {
+    free(p);
+    return PROTO_EINTERNAL;
+  }
+  conn_ref(c);
+  int rc = bus_publish(w->bus, topic, tlen, payload, plen, p);
+  if (rc < 0) {
+    conn_unref(c);
+    free(p->id_json);
+    free(p);
+    metric_add(w->m, M_PUBLISH_ERRORS, 1);
+    return proto_err_of(rc);
+  }
+  return PROTO_PENDING;
+}
