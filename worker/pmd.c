@@ -115,8 +115,8 @@ struct sbuf *pmd_frame(struct pmd *z, int bits, int opcode, const uint8_t *paylo
     if (deflateInit2(s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -bits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
       return NULL;
     z->def_ready[bits] = 1;
-  } else {
-    deflateReset(s); /* no context takeover */
+  } else if (deflateReset(s) != Z_OK) { /* no context takeover */
+    return NULL;
   }
   size_t bound = deflateBound(s, len) + 16;
   struct sbuf *b = sbuf_new(FRAME_HEADER_MAX + bound);
@@ -148,8 +148,8 @@ int pmd_inflate(struct pmd *z, const uint8_t *in, size_t len, const uint8_t **ou
   if (!z->inf_ready) {
     if (inflateInit2(&z->inf, -PMD_MAX_BITS) != Z_OK) return PMD_ENOMEM;
     z->inf_ready = 1;
-  } else {
-    inflateReset(&z->inf);
+  } else if (inflateReset(&z->inf) != Z_OK) {
+    return PMD_ECORRUPT;
   }
   if (!z->out && !(z->out = malloc(z->max_message + 1))) return PMD_ENOMEM;
   static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
