@@ -107,11 +107,27 @@ static int rate_allow(struct conn *c) {
   return 0;
 }
 
+/* Moves what wslay has queued (a pong, its close) into the outq.  Called
+ * before anything else is queued for a message that wslay delivers, so
+ * that control frames are answered in the order they arrive: wslay queues
+ * the pong for a ping just before it calls on_msg() for that ping, and
+ * without this the pong would wait in wslay's queue until pump() while the
+ * reply to a message completed later in the same read went ahead of it.
+ * Returns 0 or -1 (the outq refused the bytes). */
+static int flush_wslay(struct conn *c) {
+  if (c->ws && wslay_event_want_write(c->ws) && wslay_event_send(c->ws) < 0) return -1;
+  return 0;
+}
+
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *user) {
   (void)ctx;
   struct conn *c = user;
   if (c->close_queued) return; /* failing the connection: ignore the rest */
+  if (flush_wslay(c) < 0) {
+    conn_close(c);
+    return;
+  }
   const uint8_t *msg = arg->msg;
   size_t mlen = arg->msg_length;
   if ((arg->rsv & WSLAY_RSV1_BIT) && (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
@@ -161,7 +177,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 }
 
 static void pump(struct conn *c) {
-  if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) < 0) {
+  if (flush_wslay(c) < 0) {
     conn_close(c);
     return;
   }
