@@ -39,6 +39,31 @@ static int send_frame(struct conn *c, int opcode, const uint8_t *data, size_t le
   return 0;
 }
 
+/* Fails or closes the connection from our side: a close frame with code
+ * and reason goes straight into the outq (wslay may have no context, or
+ * may have queued a close of its own that is wrong: see ws_feed()), wslay
+ * is told never to write again, and the connection drains.  Once only. */
+static void queue_close(struct conn *c, uint16_t code, const char *reason) {
+  if (!c->upgraded || c->state == CONN_CLOSED || c->close_queued) return;
+  size_t rl = reason ? strlen(reason) : 0;
+  if (rl > 120) rl = 120; /* a control frame carries at most 125 bytes */
+  uint8_t f[2 + 2 + 120];
+  f[0] = 0x80 | FRAME_CLOSE;
+  f[1] = (uint8_t)(2 + rl);
+  f[2] = (uint8_t)(code >> 8);
+  f[3] = (uint8_t)code;
+  if (rl) memcpy(f + 4, reason, rl);
+  c->close_queued = 1;
+  /* What wslay still holds is at most a close of its own: every pong it
+   * queued went to the outq when on_msg() saw its ping (flush_wslay()). */
+  if (c->ws) wslay_event_shutdown_write(c->ws);
+  if (conn_send_copy(c, f, 4 + rl) < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_drain(c, 5000);
+}
+
 /* ---- the JSON protocol, bound to this connection ---- */
 
 static int op_send(void *ctx, const char *msg, size_t len) {
@@ -199,6 +224,8 @@ static int ensure_ctx(struct conn *c) {
   if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) return -1;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->w->cfg->max_message_size);
   if (c->pmd) wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+  /* made to read the peer's answer to our close: it must not write */
+  if (c->close_queued) wslay_event_shutdown_write(c->ws);
   return 0;
 }
 
@@ -225,29 +252,26 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
   c->in = (struct frame_input){data, len};
   int rc = wslay_event_recv(c->ws);
   c->in = (struct frame_input){NULL, 0};
+  if (c->state == CONN_CLOSED) return;
+  if (rc == WSLAY_ERR_CALLBACK_FAILURE) {
+    /* Our recv callback never fails, so this is wslay's frame layer
+     * refusing a header: a control frame with FIN clear or more than 125
+     * bytes of payload, or a 64-bit length with the top bit set.  These
+     * never reach on_frame_recv_start; wslay queues an empty close (no
+     * status code) and stops reading.  RFC 6455 5.5 and 7.1.7: the
+     * connection fails with 1002, so that close is replaced by ours. */
+    queue_close(c, WSLAY_CODE_PROTOCOL_ERROR, "protocol error");
+    return;
+  }
   if (rc < 0) {
     conn_close(c);
     return;
   }
-  if (c->state == CONN_CLOSED) return;
   pump(c);
   maybe_release_ctx(c);
 }
 
-void ws_close(struct conn *c, uint16_t code, const char *reason) {
-  if (!c->upgraded || c->state == CONN_CLOSED) return;
-  if (ensure_ctx(c) < 0) {
-    conn_close(c);
-    return;
-  }
-  if (!c->close_queued) {
-    c->close_queued = 1;
-    size_t rl = reason ? strlen(reason) : 0;
-    if (rl > 120) rl = 120;
-    wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl);
-  }
-  pump(c);
-}
+void ws_close(struct conn *c, uint16_t code, const char *reason) { queue_close(c, code, reason); }
 
 void ws_ping(struct conn *c) {
   static const uint8_t ping[2] = {0x80 | FRAME_PING, 0};

@@ -17,6 +17,8 @@ import zlib
 
 import pytest
 
+import wsraw
+from helpers import assert_serves
 from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS,
                    build_frame, close_payload)
 
@@ -144,3 +146,145 @@ def test_pong_before_close_echo(srv):
         frames = ws.wait_eof(5)
         assert [(op, p) for _, op, p in frames] == [
             (OP_TEXT, b"a"), (OP_PONG, b"p"), (OP_CLOSE, close_payload(1000, b"bye"))]
+
+
+# ---- b) every protocol error gets a Close frame before TCP is closed ----
+
+# (name, frames, close code); frames are masked and sent in one segment
+PROTOCOL_ERRORS = [
+    ("fragmented-ping", [build_frame(OP_PING, b"x", fin=False)], 1002),
+    ("fragmented-ping-empty", [build_frame(OP_PING, b"", fin=False)], 1002),
+    ("fragmented-pong", [build_frame(OP_PONG, b"x", fin=False)], 1002),
+    ("fragmented-close", [build_frame(OP_CLOSE, close_payload(1000), fin=False)], 1002),
+    ("ping-126-bytes", [build_frame(OP_PING, b"x" * 126)], 1002),
+    ("ping-64k", [build_frame(OP_PING, b"x" * 70000)], 1002),
+    ("pong-126-bytes", [build_frame(OP_PONG, b"x" * 126)], 1002),
+    ("close-126-bytes", [build_frame(OP_CLOSE, close_payload(1000, b"r" * 124))], 1002),
+    ("fragmented-ping-inside-message",
+     [build_frame(OP_TEXT, b"{", fin=False), build_frame(OP_PING, b"x", fin=False)], 1002),
+    ("length-msb-set", [build_frame(OP_TEXT, b"", length=1 << 63)], 1002),
+    ("continuation-without-start", [build_frame(OP_CONT, b"x")], 1002),
+    ("continuation-without-start-not-fin", [build_frame(OP_CONT, b"x", fin=False)], 1002),
+    ("continuation-after-message",
+     [build_frame(OP_TEXT, b'{"type":"ping"}'), build_frame(OP_CONT, b"x")], 1002),
+    ("text-inside-fragmented-message",
+     [build_frame(OP_TEXT, b"x", fin=False), build_frame(OP_TEXT, b"y")], 1002),
+    ("unmasked", [build_frame(OP_TEXT, b"{}", mask=False)], 1002),
+    ("unmasked-ping", [build_frame(OP_PING, b"x", mask=False)], 1002),
+    ("rsv2-on-ping", [build_frame(OP_PING, b"x", rsv=2)], 1002),
+] + [(f"reserved-opcode-{op:X}", [build_frame(op, b"")], 1002)
+     for op in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF)]
+
+
+@pytest.mark.parametrize("name,frames,code", PROTOCOL_ERRORS,
+                         ids=[c[0] for c in PROTOCOL_ERRORS])
+def test_protocol_error_gets_close_frame(srv, name, frames, code):
+    for path in ("/", ECHO):
+        with RawWS.open(srv.port, path=path) as ws:
+            ws.send_raw(b"".join(frames))
+            if name == "continuation-after-message":
+                assert ws.recv_frame()[1] == OP_TEXT  # the answer to the good message
+            expect_failure(ws, code)
+    assert_serves(srv)
+
+
+def test_protocol_error_after_pings_keeps_the_pongs_first(srv):
+    """Pongs for pings that came before the bad frame still go out, before
+    the Close."""
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        ws.send_raw(build_frame(OP_PING, b"1") + build_frame(OP_TEXT, b"t") +
+                    build_frame(OP_PING, b"2") + build_frame(OP_PING, b"bad", fin=False))
+        frames = ws.wait_eof(5)
+        ops = [(op, p if op != OP_CLOSE else p[:2]) for _, op, p in frames]
+        assert ops == [(OP_PONG, b"1"), (OP_TEXT, b"t"), (OP_PONG, b"2"),
+                       (OP_CLOSE, struct.pack("!H", 1002))], frames
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_fragmented_ping_split_over_segments(srv, split):
+    """The bad header arriving byte by byte changes nothing."""
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        data = build_frame(OP_PING, b"abc", fin=False)
+        if split:
+            send_in_pieces(ws, data, [1, 2])
+        else:
+            ws.send_raw(data)
+        expect_failure(ws, 1002)
+
+
+def test_protocol_error_in_the_handshake_segment(srv):
+    """Frames sent right behind the upgrade request, in the same segment."""
+    key = wsraw.new_key()
+    s = wsraw.connect(srv.port)
+    try:
+        s.sendall(wsraw.upgrade_request(path=ECHO, key=key) + build_frame(OP_TEXT, b"hi") +
+                  build_frame(OP_PING, b"p") + build_frame(OP_PING, b"x" * 200))
+        head, rest = wsraw.read_head(s)
+        assert b" 101 " in head.split(b"\r\n")[0]
+        ws = RawWS(s, rest)
+        assert recv_frames(ws, 2) == [(OP_TEXT, b"hi"), (OP_PONG, b"p")]
+        expect_failure(ws, 1002)
+    finally:
+        s.close()
+
+
+INVALID_CLOSE_CODES = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+VALID_CLOSE_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000,
+                     4999]
+
+
+def test_invalid_close_code_gets_1002(srv):
+    for code in INVALID_CLOSE_CODES:
+        with RawWS.open(srv.port, path=ECHO) as ws:
+            ws.send_frame(OP_CLOSE, close_payload(code, b"why"))
+            expect_failure(ws, 1002)
+
+
+def test_valid_close_code_is_echoed(srv):
+    for code in VALID_CLOSE_CODES:
+        with RawWS.open(srv.port, path=ECHO) as ws:
+            ws.send_frame(OP_CLOSE, close_payload(code))
+            frames = ws.wait_eof(5)
+            assert [op for _, op, _ in frames] == [OP_CLOSE], (code, frames)
+            assert struct.unpack("!H", frames[0][2][:2])[0] == code
+
+
+def test_empty_close_is_answered_with_empty_close(srv):
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        ws.send_frame(OP_CLOSE, b"")
+        frames = ws.wait_eof(5)
+        assert [(op, p) for _, op, p in frames] == [(OP_CLOSE, b"")], frames
+
+
+BAD_REASONS = [b"\xff", b"ok\xc0\xaf", b"\xed\xa0\x80", b"abc\xe2\x82", b"\xf4\x90\x80\x80",
+               b"\x80"]
+
+
+def test_close_reason_not_utf8_gets_1007(srv):
+    for reason in BAD_REASONS:
+        with RawWS.open(srv.port, path=ECHO) as ws:
+            ws.send_frame(OP_CLOSE, close_payload(1000, reason))
+            expect_failure(ws, 1007)
+    assert_serves(srv)
+
+
+def test_close_reason_utf8_is_echoed(srv):
+    reason = "bye ü € 😀".encode()
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        ws.send_frame(OP_CLOSE, close_payload(1001, reason))
+        frames = ws.wait_eof(5)
+        assert [(op, p) for _, op, p in frames] == [(OP_CLOSE, close_payload(1001, reason))]
+
+
+def test_nothing_is_answered_after_a_failure(srv):
+    """After the Close 1002 the server ignores what the client still sends
+    (it must not answer pings or messages) and closes TCP."""
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        ws.send_raw(build_frame(OP_PING, b"x" * 126))
+        fin, op, payload = ws.recv_frame()
+        assert op == OP_CLOSE and payload[:2] == struct.pack("!H", 1002)
+        try:
+            ws.send_raw(build_frame(OP_PING, b"after") + build_frame(OP_TEXT, b"after"))
+        except OSError:
+            pass
+        assert ws.wait_eof(5) == []
