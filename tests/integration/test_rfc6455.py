@@ -172,6 +172,7 @@ PROTOCOL_ERRORS = [
     ("unmasked", [build_frame(OP_TEXT, b"{}", mask=False)], 1002),
     ("unmasked-ping", [build_frame(OP_PING, b"x", mask=False)], 1002),
     ("rsv2-on-ping", [build_frame(OP_PING, b"x", rsv=2)], 1002),
+    ("close-one-byte", [build_frame(OP_CLOSE, b"\x03")], 1002),
 ] + [(f"reserved-opcode-{op:X}", [build_frame(op, b"")], 1002)
      for op in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF)]
 
@@ -266,6 +267,28 @@ def test_close_reason_not_utf8_gets_1007(srv):
             ws.send_frame(OP_CLOSE, close_payload(1000, reason))
             expect_failure(ws, 1007)
     assert_serves(srv)
+
+
+def test_close_reason_not_utf8_split_over_segments_gets_1007(srv):
+    """The same when the close frame's payload arrives in two segments
+    (wslay checks each piece on its own and can miss the bad byte)."""
+    for cut in (1, 2, 3):
+        with RawWS.open(srv.port, path=ECHO) as ws:
+            frame = build_frame(OP_CLOSE, close_payload(1000, b"a\xff"))
+            send_in_pieces(ws, frame, [6 + cut])  # 6: the header and mask
+            expect_failure(ws, 1007)
+
+
+@pytest.mark.xfail(strict=True, reason="wslay 1.1.1 checks each piece of a close payload split "
+                   "over reads from its third byte: a valid reason cut inside a character gets "
+                   "1007; fixing it needs per-connection state in struct conn (see ws.c)")
+def test_close_reason_utf8_split_over_segments_is_echoed(srv):
+    reason = "é".encode()
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        frame = build_frame(OP_CLOSE, close_payload(1000, reason))
+        send_in_pieces(ws, frame, [6 + 3])  # cut between the two bytes of the é
+        frames = ws.wait_eof(5)
+        assert [(op, p) for _, op, p in frames] == [(OP_CLOSE, close_payload(1000, reason))]
 
 
 def test_close_reason_utf8_is_echoed(srv):
