@@ -8,6 +8,8 @@
 #include "auth.h"
 #include "bus.h"
 #include "conn.h"
+#include "pmd.h"
+#include "../common/sbuf.h"
 #include "../common/frame.h"
 #include "proto.h"
 #include "worker.h"
@@ -37,6 +39,25 @@ static int send_frame(struct conn *c, int opcode, const uint8_t *data, size_t le
   size_t hl = frame_header(h, opcode, 0, len);
   if (conn_send_copy(c, h, hl) < 0 || (len && conn_send_copy(c, data, len) < 0)) return -1;
   return 0;
+}
+
+/* The echo endpoint's answer.  With permessage-deflate negotiated it is
+ * compressed as notifications are (broadcast.c): by the worker's shared
+ * deflater, with the client's window, from --compression-threshold bytes
+ * on, never with --no-compression.  msg may point into the worker's
+ * inflate buffer: pmd_frame() only uses the deflate streams. */
+static int send_echo(struct conn *c, int opcode, const uint8_t *msg, size_t len) {
+  const struct config *cfg = c->w->cfg;
+  if (c->pmd && !cfg->no_compression && len >= cfg->compression_threshold && ws_can_send(c)) {
+    struct sbuf *f = pmd_frame(&c->w->pmd, (int)c->pmd_bits, opcode, msg, len);
+    if (f) {
+      int rc = conn_send_ref(c, f);
+      sbuf_unref(f);
+      return rc;
+    }
+    /* out of memory for the compressed copy: send it as it is */
+  }
+  return send_frame(c, opcode, msg, len);
 }
 
 /* Fails or closes the connection from our side: a close frame with code
@@ -209,14 +230,14 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
         return;
       }
       if (c->kind == CONN_ECHO) {
-        op_send(c, (const char *)msg, mlen);
+        send_echo(c, FRAME_TEXT, msg, mlen);
         return;
       }
       proto_handle(&ws_proto_ops, c, (const char *)msg, mlen);
       return;
     case WSLAY_BINARY_FRAME:
       if (c->kind == CONN_ECHO) {
-        send_frame(c, FRAME_BINARY, msg, mlen);
+        send_echo(c, FRAME_BINARY, msg, mlen);
         return;
       }
       ws_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary messages are not supported");

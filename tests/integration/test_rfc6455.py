@@ -9,6 +9,7 @@
  - the echo endpoint compresses its echoes like notifications when the
    client negotiated permessage-deflate (RFC 7692).
 """
+import asyncio
 import json
 import socket
 import struct
@@ -18,7 +19,7 @@ import zlib
 import pytest
 
 import wsraw
-from helpers import assert_serves
+from helpers import assert_serves, run, ws_connect
 from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS,
                    build_frame, close_payload)
 
@@ -136,6 +137,17 @@ def test_pong_before_binary_echo(srv):
         ws.send_raw(build_frame(OP_BINARY, b"\x00\x01", fin=False) +
                     build_frame(OP_PING, b"") + build_frame(OP_CONT, b"\x02"))
         assert recv_frames(ws, 2) == [(OP_PONG, b""), (OP_BINARY, b"\x00\x01\x02")]
+
+
+def test_pong_before_compressed_echo(srv):
+    big = b"y" * (THRESHOLD * 4)
+    with RawWS.open(srv.port, path=ECHO, extra=PMD) as ws:
+        ws.send_raw(build_frame(OP_TEXT, big[:100], fin=False) + build_frame(OP_PING, b"z") +
+                    build_frame(OP_CONT, big[100:]))
+        assert recv_frame_full(ws) == (True, 0, OP_PONG, b"z")
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert (fin, rsv, op) == (True, 4, OP_TEXT)
+        assert inflate(payload) == big
 
 
 def test_pong_before_close_echo(srv):
@@ -311,3 +323,84 @@ def test_nothing_is_answered_after_a_failure(srv):
         except OSError:
             pass
         assert ws.wait_eof(5) == []
+
+
+# ---- c) the echo endpoint compresses like notifications ----
+
+def test_echo_is_compressed_above_threshold(srv):
+    big = ("echo me " * 200).encode()
+    assert len(big) > THRESHOLD
+    with RawWS.open(srv.port, path=ECHO, extra=PMD) as ws:
+        # an uncompressed message from the client
+        ws.send_frame(OP_TEXT, big)
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert (fin, rsv, op) == (True, 4, OP_TEXT)
+        assert len(payload) < len(big)
+        assert inflate(payload) == big
+        # a compressed one
+        ws.send_frame(OP_TEXT, deflate(big), rsv=4)
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert (fin, rsv, op) == (True, 4, OP_TEXT) and inflate(payload) == big
+        # binary, fragmented
+        blob = bytes(range(256)) * 8
+        ws.send_frame(OP_BINARY, blob[:1000], fin=False)
+        ws.send_frame(OP_CONT, blob[1000:])
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert (fin, rsv, op) == (True, 4, OP_BINARY) and inflate(payload) == blob
+
+
+def test_echo_under_threshold_is_not_compressed(srv):
+    with RawWS.open(srv.port, path=ECHO, extra=PMD) as ws:
+        for n in (0, 1, THRESHOLD - 1):
+            msg = b"s" * n
+            ws.send_frame(OP_TEXT, msg)
+            assert recv_frame_full(ws) == (True, 0, OP_TEXT, msg)
+        # compressed by the client, small once inflated: sent plain
+        ws.send_frame(OP_TEXT, deflate(b"small"), rsv=4)
+        assert recv_frame_full(ws) == (True, 0, OP_TEXT, b"small")
+        # exactly at the threshold: compressed (as notifications are)
+        msg = b"t" * THRESHOLD
+        ws.send_frame(OP_TEXT, msg)
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert (rsv, op) == (4, OP_TEXT) and inflate(payload) == msg
+
+
+def test_echo_without_negotiation_is_never_compressed(srv):
+    big = b"n" * (THRESHOLD * 10)
+    with RawWS.open(srv.port, path=ECHO) as ws:
+        ws.send_frame(OP_TEXT, big)
+        assert recv_frame_full(ws) == (True, 0, OP_TEXT, big)
+
+
+def test_echo_no_compression_option(start_server):
+    srv = start_server(workers=1, args=["--echo-path", ECHO, "--no-compression"])
+    big = b"n" * 5000
+    with RawWS.open(srv.port, path=ECHO, extra=PMD) as ws:
+        ws.send_frame(OP_TEXT, big)
+        assert recv_frame_full(ws) == (True, 0, OP_TEXT, big)
+
+
+def test_echo_honours_server_max_window_bits(srv):
+    big = bytes((i * 7919) % 251 for i in range(20000))
+    ext = [("Sec-WebSocket-Extensions", "permessage-deflate; server_max_window_bits=9")]
+    with RawWS.open(srv.port, path=ECHO, extra=ext) as ws:
+        ws.send_frame(OP_BINARY, big)
+        fin, rsv, op, payload = recv_frame_full(ws)
+        assert rsv == 4
+        d = zlib.decompressobj(-9)
+        assert d.decompress(payload + b"\x00\x00\xff\xff") == big
+
+
+def test_echo_compression_with_websockets_client(srv):
+    """python websockets negotiates permessage-deflate by default and gets
+    its large and small messages back intact."""
+    async def go():
+        async with ws_connect(f"ws://127.0.0.1:{srv.port}{ECHO}") as ws:
+            assert "permessage-deflate" in ws.response_headers["Sec-WebSocket-Extensions"]
+            for m in ["x" * 10, "é" * 5000, "z" * THRESHOLD, json.dumps(list(range(3000)))]:
+                await ws.send(m)
+                assert await asyncio.wait_for(ws.recv(), 5) == m
+            blob = bytes(range(256)) * 100
+            await ws.send(blob)
+            assert await asyncio.wait_for(ws.recv(), 5) == blob
+    run(go())
