@@ -69,16 +69,15 @@ static void queue_close(struct conn *c, uint16_t code, const char *reason) {
   size_t rl = reason ? strlen(reason) : 0;
   if (rl > 120) rl = 120; /* a control frame carries at most 125 bytes */
   uint8_t f[2 + 2 + 120];
-  f[0] = 0x80 | FRAME_CLOSE;
-  f[1] = (uint8_t)(2 + rl);
-  f[2] = (uint8_t)(code >> 8);
-  f[3] = (uint8_t)code;
-  if (rl) memcpy(f + 4, reason, rl);
+  size_t hl = frame_header(f, FRAME_CLOSE, 0, 2 + rl);
+  f[hl] = (uint8_t)(code >> 8);
+  f[hl + 1] = (uint8_t)code;
+  if (rl) memcpy(f + hl + 2, reason, rl);
   c->close_queued = 1;
   /* What wslay still holds is at most a close of its own: every pong it
    * queued went to the outq when on_msg() saw its ping (flush_wslay()). */
   if (c->ws) wslay_event_shutdown_write(c->ws);
-  if (conn_send_copy(c, f, 4 + rl) < 0) {
+  if (conn_send_copy(c, f, hl + 2 + rl) < 0) {
     conn_close(c);
     return;
   }
