@@ -7,6 +7,8 @@
 #include "../common/utf8.h"
 #include "auth.h"
 #include "conn.h"
+#include "pmd.h"
+#include "../common/sbuf.h"
 #include "../common/frame.h"
 #include "proto.h"
 #include "pubsub.h"
@@ -37,6 +39,49 @@ static int send_frame(struct conn *c, int opcode, const uint8_t *data, size_t le
   size_t hl = frame_header(h, opcode, 0, len);
   if (conn_send_copy(c, h, hl) < 0 || (len && conn_send_copy(c, data, len) < 0)) return -1;
   return 0;
+}
+
+/* The echo endpoint's answer.  With permessage-deflate negotiated it is
+ * compressed as notifications are (broadcast.c): by the worker's shared
+ * deflater, with the client's window, from --compression-threshold bytes
+ * on, never with --no-compression.  msg may point into the worker's
+ * inflate buffer: pmd_frame() only uses the deflate streams. */
+static int send_echo(struct conn *c, int opcode, const uint8_t *msg, size_t len) {
+  const struct config *cfg = c->w->cfg;
+  if (c->pmd && !cfg->no_compression && len >= cfg->compression_threshold && ws_can_send(c)) {
+    struct sbuf *f = pmd_frame(&c->w->pmd, (int)c->pmd_bits, opcode, msg, len);
+    if (f) {
+      int rc = conn_send_ref(c, f);
+      sbuf_unref(f);
+      return rc;
+    }
+    /* out of memory for the compressed copy: send it as it is */
+  }
+  return send_frame(c, opcode, msg, len);
+}
+
+/* Fails or closes the connection from our side: a close frame with code
+ * and reason goes straight into the outq (wslay may have no context, or
+ * may have queued a close of its own that is wrong: see ws_feed()), wslay
+ * is told never to write again, and the connection drains.  Once only. */
+static void queue_close(struct conn *c, uint16_t code, const char *reason) {
+  if (!c->upgraded || c->state == CONN_CLOSED || c->close_queued) return;
+  size_t rl = reason ? strlen(reason) : 0;
+  if (rl > 120) rl = 120; /* a control frame carries at most 125 bytes */
+  uint8_t f[2 + 2 + 120];
+  size_t hl = frame_header(f, FRAME_CLOSE, 0, 2 + rl);
+  f[hl] = (uint8_t)(code >> 8);
+  f[hl + 1] = (uint8_t)code;
+  if (rl) memcpy(f + hl + 2, reason, rl);
+  c->close_queued = 1;
+  /* What wslay still holds is at most a close of its own: every pong it
+   * queued went to the outq when on_msg() saw its ping (flush_wslay()). */
+  if (c->ws) wslay_event_shutdown_write(c->ws);
+  if (conn_send_copy(c, f, hl + 2 + rl) < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_drain(c, 5000);
 }
 
 /* ---- the JSON protocol, bound to this connection ---- */
@@ -107,11 +152,59 @@ static int rate_allow(struct conn *c) {
   return 0;
 }
 
+/* Moves what wslay has queued (a pong, its close) into the outq.  Called
+ * before anything else is queued for a message that wslay delivers, so
+ * that control frames are answered in the order they arrive: wslay queues
+ * the pong for a ping just before it calls on_msg() for that ping, and
+ * without this the pong would wait in wslay's queue until pump() while the
+ * reply to a message completed later in the same read went ahead of it.
+ * Returns 0 or -1 (the outq refused the bytes). */
+static int flush_wslay(struct conn *c) {
+  if (c->ws && wslay_event_want_write(c->ws) && wslay_event_send(c->ws) < 0) return -1;
+  return 0;
+}
+
+/* The peer's close frame.  wslay has already checked the status code
+ * (RFC 6455 7.4: codes that may not be sent, 1005, 1006, 1015, and any
+ * outside 1000-1011 and 3000-4999, get 1002 and never come here) and has
+ * queued its answer, the same code and reason, still waiting in its queue.
+ * Two cases are left to us, and in both our close replaces that answer:
+ *  - a payload of one byte, half a status code, is a protocol error (5.5.1),
+ *    where wslay would answer with an empty close;
+ *  - a reason that is not UTF-8 fails the connection with 1007 (5.5.1, 8.1).
+ *    wslay checks the reason as it arrives, but starts every piece of a
+ *    payload split over reads two bytes in as if it held the status code,
+ *    so it can miss a bad byte there: the whole reason is checked here.
+ *    The converse is not fixed: a valid reason cut inside a character by
+ *    the split gets wslay's 1007 before we see it.  Telling the two apart
+ *    needs the UTF-8 decoder state kept per connection across reads, and
+ *    struct conn has no room for it (a test marks it as a known failure). */
+static void on_close_frame(struct conn *c, const struct wslay_event_on_msg_recv_arg *arg) {
+  if (arg->msg_length == 1) {
+    queue_close(c, WSLAY_CODE_PROTOCOL_ERROR, "close frame with a 1-byte payload");
+    return;
+  }
+  if (arg->msg_length > 2 && !utf8_valid(arg->msg + 2, arg->msg_length - 2)) {
+    log_debug("close_reason_invalid", "conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
+    queue_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "close reason is not UTF-8");
+    return;
+  }
+  if (flush_wslay(c) < 0) conn_close(c); /* wslay's echo; pump() drains */
+}
+
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *user) {
   (void)ctx;
   struct conn *c = user;
   if (c->close_queued) return; /* failing the connection: ignore the rest */
+  if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
+    on_close_frame(c, arg);
+    return;
+  }
+  if (flush_wslay(c) < 0) {
+    conn_close(c);
+    return;
+  }
   const uint8_t *msg = arg->msg;
   size_t mlen = arg->msg_length;
   if ((arg->rsv & WSLAY_RSV1_BIT) && (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
@@ -136,14 +229,14 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
         return;
       }
       if (c->kind == CONN_ECHO) {
-        op_send(c, (const char *)msg, mlen);
+        send_echo(c, FRAME_TEXT, msg, mlen);
         return;
       }
       proto_handle(&ws_proto_ops, c, (const char *)msg, mlen);
       return;
     case WSLAY_BINARY_FRAME:
       if (c->kind == CONN_ECHO) {
-        send_frame(c, FRAME_BINARY, msg, mlen);
+        send_echo(c, FRAME_BINARY, msg, mlen);
         return;
       }
       ws_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary messages are not supported");
@@ -151,17 +244,13 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     case WSLAY_PONG:
       c->awaiting_pong = 0;
       return;
-    case WSLAY_CONNECTION_CLOSE:
-      if (arg->msg_length > 2 && !utf8_valid(arg->msg + 2, arg->msg_length - 2))
-        log_debug("close_reason_invalid", "conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
-      return;
     default:
       return;
   }
 }
 
 static void pump(struct conn *c) {
-  if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) < 0) {
+  if (flush_wslay(c) < 0) {
     conn_close(c);
     return;
   }
@@ -183,6 +272,8 @@ static int ensure_ctx(struct conn *c) {
   if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) return -1;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->w->cfg->max_message_size);
   if (c->pmd) wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+  /* made to read the peer's answer to our close: it must not write */
+  if (c->close_queued) wslay_event_shutdown_write(c->ws);
   return 0;
 }
 
@@ -209,29 +300,26 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
   c->in = (struct frame_input){data, len};
   int rc = wslay_event_recv(c->ws);
   c->in = (struct frame_input){NULL, 0};
+  if (c->state == CONN_CLOSED) return;
+  if (rc == WSLAY_ERR_CALLBACK_FAILURE) {
+    /* Our recv callback never fails, so this is wslay's frame layer
+     * refusing a header: a control frame with FIN clear or more than 125
+     * bytes of payload, or a 64-bit length with the top bit set.  These
+     * never reach on_frame_recv_start; wslay queues an empty close (no
+     * status code) and stops reading.  RFC 6455 5.5 and 7.1.7: the
+     * connection fails with 1002, so that close is replaced by ours. */
+    queue_close(c, WSLAY_CODE_PROTOCOL_ERROR, "protocol error");
+    return;
+  }
   if (rc < 0) {
     conn_close(c);
     return;
   }
-  if (c->state == CONN_CLOSED) return;
   pump(c);
   maybe_release_ctx(c);
 }
 
-void ws_close(struct conn *c, uint16_t code, const char *reason) {
-  if (!c->upgraded || c->state == CONN_CLOSED) return;
-  if (ensure_ctx(c) < 0) {
-    conn_close(c);
-    return;
-  }
-  if (!c->close_queued) {
-    c->close_queued = 1;
-    size_t rl = reason ? strlen(reason) : 0;
-    if (rl > 120) rl = 120;
-    wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rl);
-  }
-  pump(c);
-}
+void ws_close(struct conn *c, uint16_t code, const char *reason) { queue_close(c, code, reason); }
 
 void ws_ping(struct conn *c) {
   static const uint8_t ping[2] = {0x80 | FRAME_PING, 0};

@@ -2,11 +2,15 @@
  *
  * wslay's event API parses incoming frames (masking, fragmentation,
  * control frames, the close handshake, the message size limit) and
- * serializes our control frames and replies; its send callback copies those
- * bytes into the connection's outq, so wslay never holds pending output and
- * broadcast frames (built elsewhere, shared) can be queued between its
- * frames safely.  Text messages are checked for UTF-8 here (wslay does not)
- * and handed to the JSON protocol or echoed.
+ * serializes the control frames it answers with itself (pongs, its close
+ * answers); its send callback copies those bytes into the connection's
+ * outq, and they are moved there before anything is queued for the next
+ * message it delivers, so frames leave in the order they were produced.
+ * Our own frames (replies, echoes, pings, our closes) are written straight
+ * into the same outq, as broadcast frames (built elsewhere, shared) are.
+ * Text messages are checked for UTF-8 here and handed to the JSON protocol
+ * or echoed (compressed like notifications when permessage-deflate was
+ * negotiated).
  */
 #ifndef TIDINGS_WS_H
 #define TIDINGS_WS_H
