@@ -3,16 +3,21 @@
 #include <errno.h>
 #include <string.h>
 
+#include "../common/frame.h"
 #include "../common/log.h"
+#include "../common/sbuf.h"
 #include "../common/utf8.h"
 #include "auth.h"
 #include "conn.h"
 #include "pmd.h"
-#include "../common/sbuf.h"
-#include "../common/frame.h"
 #include "proto.h"
 #include "pubsub.h"
 #include "worker.h"
+
+/* How long a closing connection waits for the peer's close frame. */
+#define CLOSE_LINGER_MS 5000
+/* A control frame carries at most 125 bytes: a status code and this much reason. */
+#define CLOSE_REASON_MAX 120
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user) {
@@ -67,8 +72,8 @@ static int send_echo(struct conn *c, int opcode, const uint8_t *msg, size_t len)
 static void queue_close(struct conn *c, uint16_t code, const char *reason) {
   if (!c->upgraded || c->state == CONN_CLOSED || c->close_queued) return;
   size_t rl = reason ? strlen(reason) : 0;
-  if (rl > 120) rl = 120; /* a control frame carries at most 125 bytes */
-  uint8_t f[2 + 2 + 120];
+  if (rl > CLOSE_REASON_MAX) rl = CLOSE_REASON_MAX;
+  uint8_t f[2 + 2 + CLOSE_REASON_MAX];
   size_t hl = frame_header(f, FRAME_CLOSE, 0, 2 + rl);
   f[hl] = (uint8_t)(code >> 8);
   f[hl + 1] = (uint8_t)code;
@@ -81,7 +86,7 @@ static void queue_close(struct conn *c, uint16_t code, const char *reason) {
     conn_close(c);
     return;
   }
-  conn_drain(c, 5000);
+  conn_drain(c, CLOSE_LINGER_MS);
 }
 
 /* ---- the JSON protocol, bound to this connection ---- */
@@ -257,7 +262,7 @@ static void pump(struct conn *c) {
   conn_mark_dirty(c);
   if (wslay_event_get_close_sent(c->ws) && c->state == CONN_WS) {
     c->close_queued = 1;
-    conn_drain(c, 5000);
+    conn_drain(c, CLOSE_LINGER_MS);
   }
 }
 
