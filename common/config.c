@@ -42,7 +42,8 @@ static const struct opt opts[] = {
     {"handshake-timeout", OPT_INT, OFF(handshake_timeout), 1, 3600, "10",
      "seconds a client has to send its complete HTTP upgrade request"},
     {"redis", OPT_STR, OFF(redis), 0, 0, "",
-     "redis://[:password@]host:port[/db] or unix:/path (empty = embedded redis-server)"},
+     "redis://[[user]:password@]host[:port][/db] (e.g. redis://user:password@10.0.0.5:6379/0; "
+     "port 6379, db 0, host may be [IPv6]) or unix:/path; empty = embedded redis-server"},
     {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
      "prefix of the Redis channel of every topic"},
     {"no-compression", OPT_BOOL, OFF(no_compression), 0, 1, "0",
@@ -66,7 +67,8 @@ static const struct opt opts[] = {
     {"max-connections-per-ip", OPT_INT, OFF(max_connections_per_ip), 0, 65535, "0",
      "connections from one client address over all workers; over it HTTP 429 (0 = no cap)"},
     {"rate-limit", OPT_INT, OFF(rate_limit), 0, 1000000, "1000",
-     "messages per second one connection may send (token bucket; 0 = no limit)"},
+     "messages per second one connection may send (token bucket; 0 = no limit); over it "
+     "\"rate_limited\" errors, and close 1008 after --rate-burst of them in a row"},
     {"rate-burst", OPT_INT, OFF(rate_burst), 1, 1000000, "2000",
      "messages a connection may send at once above --rate-limit"},
     {"jwt-secret", OPT_STR, OFF(jwt_secret), 0, 0, "",
@@ -252,7 +254,9 @@ void config_usage(FILE *out, const char *prog) {
           "Usage: %s [options]\n"
           "tidings: a WebSocket publish/subscribe server.\n\n"
           "Every option can also be set with an environment variable, shown in brackets;\n"
-          "the command line wins. Write --name value or --name=value.\n\n",
+          "the command line wins. Write --name value or --name=value; a switch (no V)\n"
+          "takes no value, or =1/0, true/false, yes/no, on/off (so does its variable).\n"
+          "Sizes take a k or m suffix (KiB, MiB).\n\n",
           prog);
   for (size_t i = 0; i < NOPTS; i++) {
     char env[64], arg[48];

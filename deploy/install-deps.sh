@@ -2,9 +2,12 @@
 # Installs, from Debian's packages, whatever the build and the test suite
 # need and the machine lacks.  Run as root.  Safe to run again.
 set -eu
+# clang and libclang-rt-14-dev build the fuzzers; clang-format is what
+# `make format-check` (the first step of `make test`) runs.
 PKGS="build-essential pkg-config libuv1-dev libwslay-dev libhiredis-dev libjansson-dev
 zlib1g-dev libjwt-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
-openssl procps python3 python3-websockets python3-pytest curl chromium prometheus clang libclang-rt-14-dev"
+openssl procps python3 python3-websockets python3-pytest curl chromium prometheus clang libclang-rt-14-dev
+clang-format"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -23,7 +23,9 @@ struct bus;
 struct shm;
 
 
-/* a circular doubly linked list head */
+/* the head of a doubly linked list of connections (not circular: the
+ * first's prev and the last's next are NULL); conn_list_move() moves a
+ * connection between lists in O(1) and keeps count */
 struct conn_list {
   struct conn *first;
   size_t count;
