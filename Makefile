@@ -15,6 +15,8 @@
 # AddressSanitizer + UBSan build too, from objects in build/rel-san/ (kept
 # apart from the plain ones in build/rel/; switching back and forth relinks).
 # bin/tidings-asan, the unit tests and the fuzzers are always sanitized.
+# Invariants are assert()ed: the sanitized builds check them, the plain
+# release build is compiled with -DNDEBUG.
 
 CC      ?= cc
 OPT     ?= -O2
@@ -38,7 +40,7 @@ REL_DIR   := build/rel-san
 REL_FLAGS := $(CFLAGS) $(SAN)
 else
 REL_DIR   := build/rel
-REL_FLAGS := $(CFLAGS)
+REL_FLAGS := $(CFLAGS) -DNDEBUG
 endif
 
 COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
