@@ -102,7 +102,6 @@ void outq_trim(struct outq *q) {
 }
 
 void outq_truncate(struct outq *q, uint32_t keep) {
-  assert(keep <= q->count);
   while (q->count > keep) {
     struct outq_entry *e = at(q, q->count - 1);
     q->bytes -= e->buf->len - e->off;
