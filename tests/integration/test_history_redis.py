@@ -510,3 +510,28 @@ def test_redis_cli_with_baked_defaults(redis, library):
                                                     (5, b"hello 5")])
     out = cli("FCALL_RO", "tidings_history", "1", "news", "4", "10")
     assert out[:5] == [out[0], "5", "3", "5", "hello 5"]
+
+
+def test_least_privilege_acl_user(redis, library):
+    """What docs/history.md tells an ACL user of prefix app1: to allow."""
+    base = ["on", ">pw", "resetchannels", "&app1:*", "resetkeys", "~app1:*", "~{app1:*",
+            "-@all", "+fcall", "+fcall_ro", "+function|load", "+hget", "+hmget", "+hset",
+            "+hincrby", "+del", "+xadd", "+xrange", "+expire", "+publish", "+time"]
+    redis.call("ACL", "SETUSER", "app", *base)
+    redis.call("ACL", "SETUSER", "appinfo", *base, "+info")
+    run_id = [ln for ln in redis.call("INFO", "server").split(b"\r\n")
+              if ln.startswith(b"run_id:")][0][7:]
+    for user, server_part in (("app", None), ("appinfo", run_id[:12])):
+        c = redis.client()
+        c.call("AUTH", user, "pw")
+        load(c, library(prefix="app1:"))
+        o, e = publish(c, "app1:" + user, "hi")
+        assert o == 1
+        parts = e.split(b"-")
+        assert len(parts) == 3 and all(p and p.isalnum() and p == p.lower() for p in parts)
+        if server_part:
+            assert parts[2] == server_part
+        assert history(c, "app1:" + user) == (e, 1, 1, [(1, b"hi")])
+        with pytest.raises(RespError, match="NOPERM"):
+            publish(c, "app2:news", "no")
+        c.close()
