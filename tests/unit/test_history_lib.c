@@ -198,8 +198,7 @@ static int print_library(const char *prefix, const char *maxlen, const char *ttl
 }
 
 int main(int argc, char **argv) {
-  if (argc == 5 && strcmp(argv[1], "--print") == 0)
-    return print_library(argv[2], argv[3], argv[4]);
+  if (argc == 5 && strcmp(argv[1], "--print") == 0) return print_library(argv[2], argv[3], argv[4]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_values_baked_in), cmocka_unit_test(test_hostile_prefix_is_escaped),
       cmocka_unit_test(test_bad_arguments),   cmocka_unit_test(test_too_small),
