@@ -35,9 +35,4 @@ struct admin *admin_start(uv_loop_t *loop, const char *listen, const struct admi
 /* Closes the listener and every connection. */
 void admin_stop(struct admin *a);
 
-/* Writes the Prometheus exposition into a malloc'ed string (for tests). */
-char *admin_metrics_text(const struct admin_view *v, size_t *len);
-/* Writes the JSON snapshot the status page draws. */
-char *admin_snapshot_json(const struct admin_view *v, size_t *len);
-
 #endif
