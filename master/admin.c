@@ -13,6 +13,11 @@
 
 #define ADMIN_CONNS_MAX 256            /* scrapers and status pages at once */
 #define ADMIN_REQUEST_TIMEOUT_MS 10000 /* a whole request must arrive by then */
+#define ADMIN_TICK_MS 1000             /* deadlines and status snapshots */
+#define ADMIN_BACKLOG 128
+#define ADMIN_RESPONSE_HEAD_MAX 256
+#define ADMIN_HOST_MAX 128
+#define ADMIN_WHY_MAX 128 /* the /readyz line */
 
 static void handle_closed(struct admin *a) {
   assert(a->handles > 0);
@@ -82,8 +87,10 @@ int admin__send(struct aconn *c, const void *head, size_t hlen, const void *body
 
 /* ---- HTTP ---- */
 
+/* A write failure closes the connection (admin__send), so the responders
+ * return nothing. */
 static void respond(struct aconn *c, int status, const char *ctype, const char *body, size_t blen) {
-  char head[256];
+  char head[ADMIN_RESPONSE_HEAD_MAX];
   int n = snprintf(head, sizeof(head),
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
@@ -108,7 +115,9 @@ static void route(struct aconn *c, const struct http_request *req) {
   } else if (str_is(req->path, "/metrics")) {
     size_t n;
     char *text;
-    if (admin_metrics_text(v, &text, &n) < 0) {
+    int rc = admin_metrics_text(v, &text, &n);
+    if (rc < 0) {
+      log_warn("admin_metrics_failed", "/metrics: %s", uv_strerror(rc));
       respond_text(c, 500, "out of memory\n");
       return;
     }
@@ -118,7 +127,7 @@ static void route(struct aconn *c, const struct http_request *req) {
     if (admin_metrics_healthy(v)) respond_text(c, 200, "ok\n");
     else respond_text(c, 503, "no worker running\n");
   } else if (str_is(req->path, "/readyz")) {
-    char why[128];
+    char why[ADMIN_WHY_MAX];
     int ok = admin_metrics_ready(v, why, sizeof(why));
     respond_text(c, ok ? 200 : 503, why);
   } else if (str_is(req->path, "/status") || str_is(req->path, "/")) {
@@ -156,6 +165,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   struct aconn *c = s->data;
   if (nread < 0) {
+    if (nread != UV_EOF && nread != UV_ECONNRESET)
+      log_debug("admin_read_failed", "admin connection: %s", uv_strerror((int)nread));
     admin__close(c);
     return;
   }
@@ -176,25 +187,53 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  struct admin *a = server->data;
-  if (status < 0) return;
+/* Takes one connection from the listener's backlog.  Without memory for
+ * it, it stays there (libuv stops watching the listener until uv_accept()
+ * is called) and the next tick tries again. */
+static void accept_one(struct admin *a) {
   struct aconn *c = calloc(1, sizeof(*c));
-  if (!c) return;
+  int rc = c ? uv_tcp_init(a->loop, &c->tcp) : UV_ENOMEM;
+  if (rc < 0) {
+    if (!a->accept_pending)
+      log_error("admin_accept_failed", "admin connection left waiting: %s", uv_strerror(rc));
+    a->accept_pending = 1;
+    free(c);
+    return;
+  }
+  a->accept_pending = 0;
   c->a = a;
   c->accepted = c->since = uv_now(a->loop);
-  uv_tcp_init(a->loop, &c->tcp);
+  c->tcp.data = c;
   a->handles++;
   a->nconns++;
-  c->tcp.data = c;
   c->next = a->conns;
   if (a->conns) a->conns->prev = c;
   a->conns = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || a->nconns > ADMIN_CONNS_MAX) {
+  rc = uv_accept((uv_stream_t *)&a->listener, (uv_stream_t *)&c->tcp);
+  if (rc < 0) {
+    log_warn("admin_accept_failed", "admin connection: %s", uv_strerror(rc));
     admin__close(c);
     return;
   }
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (a->nconns > ADMIN_CONNS_MAX) {
+    log_debug("admin_full", "admin connection refused: %d open", ADMIN_CONNS_MAX);
+    admin__close(c);
+    return;
+  }
+  rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc < 0) {
+    log_warn("admin_read_failed", "admin connection: %s", uv_strerror(rc));
+    admin__close(c);
+  }
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  struct admin *a = server->data;
+  if (status < 0) {
+    log_warn("admin_accept_failed", "admin listener: %s", uv_strerror(status));
+    return;
+  }
+  accept_one(a);
 }
 
 /* Once a second: status pages get a snapshot, unless they stopped reading
@@ -203,6 +242,7 @@ static void on_connection(uv_stream_t *server, int status) {
 static void on_tick(uv_timer_t *t) {
   struct admin *a = t->data;
   uint64_t now = uv_now(a->loop);
+  if (a->accept_pending) accept_one(a);
   for (struct aconn *c = a->conns; c; c = c->next) {
     if (c->closing) continue;
     switch (c->state) {
@@ -220,55 +260,77 @@ static void on_tick(uv_timer_t *t) {
 
 static void on_admin_handle_closed(uv_handle_t *h) { handle_closed(h->data); }
 
-struct admin *admin_start(uv_loop_t *loop, const char *listen, const struct admin_view *view,
-                          char *err, size_t errlen) {
-  char host[128];
+/* "host:port", "[v6]:port": a numeric address only, so that starting never
+ * waits on DNS.  Returns 0 or UV_EINVAL with one line in err. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *err, size_t errlen) {
   const char *colon = strrchr(listen, ':');
   if (!colon || colon == listen) {
     snprintf(err, errlen, "--admin-listen expects host:port, got '%s'", listen);
-    return NULL;
+    return UV_EINVAL;
   }
+  char host[ADMIN_HOST_MAX];
   size_t hl = (size_t)(colon - listen);
-  if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']') {
+  if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']')
     snprintf(host, sizeof(host), "%.*s", (int)(hl - 2), listen + 1);
-  } else {
+  else
     snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
-  }
   char *end;
   long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535) {
+  if (end == colon + 1 || *end || port < 0 || port > 65535) {
     snprintf(err, errlen, "--admin-listen: bad port in '%s'", listen);
-    return NULL;
+    return UV_EINVAL;
   }
-  struct sockaddr_storage ss;
-  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) != 0) {
     snprintf(err, errlen, "--admin-listen: '%s' is not a numeric address", host);
-    return NULL;
+    return UV_EINVAL;
   }
+  return 0;
+}
+
+int admin_start(uv_loop_t *loop, const char *listen, const struct admin_view *view,
+                struct admin **out, char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  int rc = parse_listen(listen, &ss, err, errlen);
+  if (rc < 0) return rc;
   struct admin *a = calloc(1, sizeof(*a));
-  if (!a) return NULL;
+  if (!a) {
+    snprintf(err, errlen, "--admin-listen: out of memory");
+    return UV_ENOMEM;
+  }
   a->loop = loop;
   a->view = view;
-  uv_tcp_init(loop, &a->listener);
+  rc = uv_tcp_init(loop, &a->listener);
+  if (rc < 0) {
+    snprintf(err, errlen, "--admin-listen: %s", uv_strerror(rc));
+    free(a); /* a handle whose init failed is not in the loop */
+    return rc;
+  }
   a->handles = 1;
   a->listener.data = a;
-  int rc = uv_tcp_bind(&a->listener, (struct sockaddr *)&ss, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->listener, 128, on_connection);
-  if (rc != 0) {
+  rc = uv_tcp_bind(&a->listener, (struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->listener, ADMIN_BACKLOG, on_connection);
+  if (rc == 0) rc = uv_timer_init(loop, &a->tick);
+  if (rc < 0) {
     snprintf(err, errlen, "cannot listen on %s (--admin-listen): %s", listen, uv_strerror(rc));
     uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);
-    return NULL;
+    return rc;
   }
-  uv_timer_init(loop, &a->tick);
   a->handles++;
   a->tick.data = a;
-  uv_timer_start(&a->tick, on_tick, 1000, 1000);
-  return a;
+  rc = uv_timer_start(&a->tick, on_tick, ADMIN_TICK_MS, ADMIN_TICK_MS);
+  if (rc < 0) {
+    snprintf(err, errlen, "--admin-listen: %s", uv_strerror(rc));
+    admin_stop(a);
+    return rc;
+  }
+  *out = a;
+  return 0;
 }
 
 void admin_stop(struct admin *a) {
   if (!a) return;
+  assert(a->handles >= 2); /* the listener and the timer are still open */
   for (struct aconn *c = a->conns; c; c = c->next) admin__close(c);
   uv_close((uv_handle_t *)&a->tick, on_admin_handle_closed);
   uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);

@@ -47,7 +47,8 @@ struct admin {
   uv_timer_t tick;
   struct aconn *conns;
   int nconns;
-  int handles; /* open handles (listener, timer, connections): a is freed at 0 */
+  int handles;        /* open handles (listener, timer, connections): a is freed at 0 */
+  int accept_pending; /* a connection waits in the backlog for memory */
 };
 
 /* Queues head then body (either may be empty) as one write; both are

@@ -429,8 +429,7 @@ int master_main(struct config *cfg, int argc, char **argv, const char *redis_ser
   m->kill_timer.data = m;
   if (strcmp(m->cfg->admin_listen, "off") != 0 && m->cfg->admin_listen[0]) {
     char err[256];
-    m->admin = admin_start(m->loop, m->cfg->admin_listen, &m->view, err, sizeof(err));
-    if (!m->admin) {
+    if (admin_start(m->loop, m->cfg->admin_listen, &m->view, &m->admin, err, sizeof(err)) < 0) {
       fprintf(stderr, "tidings: %s\n", err);
       if (m->embedded) rmdir(m->redis_dir);
       exit(EXIT_CONFIG); /* before any child exists */
