@@ -13,7 +13,7 @@
 
 #define ADMIN_CONNS_MAX 256            /* scrapers and status pages at once */
 #define ADMIN_REQUEST_TIMEOUT_MS 10000 /* a whole request must arrive by then */
-#define ADMIN_TICK_MS 1000             /* deadlines and status snapshots */
+#define ADMIN_TICK_MS 250              /* deadlines and status snapshots: their resolution */
 #define ADMIN_BACKLOG 128
 #define ADMIN_RESPONSE_HEAD_MAX 256
 #define ADMIN_HOST_MAX 128
@@ -236,9 +236,9 @@ static void on_connection(uv_stream_t *server, int status) {
   accept_one(a);
 }
 
-/* Once a second: status pages get a snapshot, unless they stopped reading
- * (then they are dropped rather than queued for); requests that have not
- * arrived within the deadline are closed. */
+/* Every ADMIN_TICK_MS: a connection left waiting for memory is accepted,
+ * requests that have not arrived within the deadline are closed, and status
+ * pages get what admin_status_tick() decides. */
 static void on_tick(uv_timer_t *t) {
   struct admin *a = t->data;
   uint64_t now = uv_now(a->loop);

@@ -9,11 +9,11 @@
 #include "../common/log.h"
 #include "admin_metrics.h"
 
-#define STATUS_FRAME_MAX 1024         /* the page sends pings and closes, nothing larger */
-#define STATUS_QUEUE_MAX (256 * 1024) /* a page this far behind is dropped */
-#define STATUS_SNAPSHOT_GAP_MS 500    /* no tick snapshot this soon after the last one */
-#define STATUS_CLOSE_TIMEOUT_MS 10000 /* our Close must be taken by then */
-#define STATUS_HEAD_MAX 256           /* the 101 response */
+#define STATUS_FRAME_MAX 1024          /* the page sends pings and closes, nothing larger */
+#define STATUS_QUEUE_MAX (256 * 1024)  /* a page this far behind is dropped */
+#define STATUS_SNAPSHOT_PERIOD_MS 1000 /* each page's own second, from its opening */
+#define STATUS_CLOSE_TIMEOUT_MS 10000  /* our Close must be taken by then */
+#define STATUS_HEAD_MAX 256            /* the 101 response */
 
 /* What is left in the buffer after the complete frames is part of one frame
  * the socket accepts, so the buffer never fills up. */
@@ -108,5 +108,5 @@ void admin_status_tick(struct aconn *c, uint64_t now) {
   }
   assert(c->state == ACONN_WS);
   if (c->tcp.write_queue_size > STATUS_QUEUE_MAX) admin__close(c);
-  else if (now - c->snap_at >= STATUS_SNAPSHOT_GAP_MS) send_snapshot(c);
+  else if (now - c->snap_at >= STATUS_SNAPSHOT_PERIOD_MS) send_snapshot(c);
 }

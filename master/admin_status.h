@@ -4,7 +4,8 @@
  * Runs on the master's loop, on connections that stay admin.c's
  * (admin_conn.h); nothing here allocates beyond the writes it queues.  The
  * socket only speaks: a JSON snapshot (admin_metrics_snapshot()) when it
- * opens and on admin ticks after that.  Of what the page sends it reads
+ * opens, then every second from then on, each page on its own schedule (to
+ * within the admin's tick).  Of what the page sends it reads
  * control frames: pings are answered, a Close is echoed and then TCP
  * closed; an unmasked frame or one with reserved bits fails the socket with
  * 1002, one over STATUS_FRAME_MAX bytes with 1009.  Data frames are read
@@ -32,7 +33,7 @@ void admin_status_input(struct aconn *c);
 
 /* The admin's periodic tick, for c in ACONN_WS or ACONN_WS_CLOSING: a page
  * that stopped reading is dropped rather than queued for, the others get a
- * snapshot; a Close that was never taken is given up on. */
+ * snapshot when their second is up; a Close never taken is given up on. */
 void admin_status_tick(struct aconn *c, uint64_t now);
 
 #endif
