@@ -12,6 +12,7 @@
 #include "../common/redisaddr.h"
 #include "../worker/auth_load.h"
 #include "../worker/worker.h"
+#include "embedded_redis.h"
 #include "master.h"
 
 #define TIDINGS_VERSION "0.1.0"
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "tidings: %s\n", err);
       return EXIT_CONFIG;
     }
-  } else if (!(redis_server = master_find_redis_server())) {
+  } else if (!(redis_server = embedded_redis_find())) {
     fprintf(stderr,
             "tidings: redis-server not found: install Debian's redis-server package "
             "(apt-get install redis-server) or pass --redis redis://host:port\n");
