@@ -17,7 +17,8 @@
 #include "admin.h"
 #include "embedded_redis.h"
 
-#define MAX_WORKERS ADMIN_MAX_SLOTS
+#define MAX_WORKERS MASTER_MAX_WORKERS
+_Static_assert(MAX_WORKERS <= ADMIN_MAX_SLOTS, "the admin view has a place for every worker");
 /* Restarting a worker that died: the first restart at once (one crash is
  * not a crash loop), then after 100 ms doubling up to 30 s; a worker that
  * lived WORKER_STABLE_MS starts the count again. */

@@ -20,6 +20,9 @@
 /* Exit status for bad options or an address that cannot be bound. */
 #define EXIT_CONFIG 2
 
+/* The most workers a master runs (--workers accepts up to this many). */
+#define MASTER_MAX_WORKERS 256
+
 /* Checks that cfg->bind:cfg->port can be listened on by us and is not held
  * by another server.  Returns 0, or a negative errno-style code with one
  * line in err. */
