@@ -16,7 +16,13 @@
 
 #define FRAME_HEADER_MAX 10        /* an unmasked header: what the server writes */
 #define FRAME_HEADER_MAX_MASKED 14 /* with a masking key: what a client writes */
-enum { FRAME_TEXT = 0x1, FRAME_BINARY = 0x2, FRAME_CLOSE = 0x8, FRAME_PING = 0x9, FRAME_PONG = 0xA };
+enum {
+  FRAME_TEXT = 0x1,
+  FRAME_BINARY = 0x2,
+  FRAME_CLOSE = 0x8,
+  FRAME_PING = 0x9,
+  FRAME_PONG = 0xA
+};
 
 /* Writes a FIN frame header for a payload of len bytes into out; rsv1 sets
  * the permessage-deflate bit.  Returns the header length (2, 4 or 10). */

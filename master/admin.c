@@ -29,8 +29,10 @@ static void handle_closed(struct admin *a) {
 static void on_close(uv_handle_t *h) {
   struct aconn *c = h->data;
   struct admin *a = c->a;
-  if (c->prev) c->prev->next = c->next;
-  else a->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    a->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   a->nconns--;
   assert(a->nconns >= 0);
@@ -124,8 +126,10 @@ static void route(struct aconn *c, const struct http_request *req) {
     respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
     free(text);
   } else if (str_is(req->path, "/healthz")) {
-    if (admin_metrics_healthy(v)) respond_text(c, 200, "ok\n");
-    else respond_text(c, 503, "no worker running\n");
+    if (admin_metrics_healthy(v))
+      respond_text(c, 200, "ok\n");
+    else
+      respond_text(c, 503, "no worker running\n");
   } else if (str_is(req->path, "/readyz")) {
     char why[ADMIN_WHY_MAX];
     int ok = admin_metrics_ready(v, why, sizeof(why));
@@ -134,8 +138,10 @@ static void route(struct aconn *c, const struct http_request *req) {
     respond(c, 200, "text/html; charset=utf-8", admin_status_html, strlen(admin_status_html));
   } else if (str_is(req->path, "/status/ws")) {
     const char *why;
-    if (http_check_upgrade(req, &why) != 0) respond_text(c, 400, "WebSocket upgrade expected\n");
-    else admin_status_open(c, req->ws_key);
+    if (http_check_upgrade(req, &why) != 0)
+      respond_text(c, 400, "WebSocket upgrade expected\n");
+    else
+      admin_status_open(c, req->ws_key);
   } else {
     respond_text(c, 404, "Not found\n");
   }

@@ -67,7 +67,8 @@ static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_R
 static uint64_t slot_counter(const struct admin_view *v, int slot, int k) {
   const struct shm *s = v->shm;
   uint64_t t = 0;
-  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots) t += load64(&s->rows[r].m.c[k]);
+  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots)
+    t += load64(&s->rows[r].m.c[k]);
   return t;
 }
 
@@ -93,39 +94,51 @@ static const struct {
   const char *name, *help;
 } counters[] = {
     {M_CONNECTIONS_TOTAL, "tidings_connections_total", "WebSocket connections opened."},
-    {M_MESSAGES_IN, "tidings_messages_received_total", "WebSocket data messages received from clients."},
+    {M_MESSAGES_IN, "tidings_messages_received_total",
+     "WebSocket data messages received from clients."},
     {M_BYTES_IN, "tidings_received_bytes_total", "Bytes received from clients, as on the wire."},
-    {M_BYTES_OUT, "tidings_sent_bytes_total", "Bytes sent to clients, as on the wire (after compression)."},
-    {M_BYTES_OUT_RAW, "tidings_notification_bytes_total", "Notification bytes queued to subscribers, before compression."},
+    {M_BYTES_OUT, "tidings_sent_bytes_total",
+     "Bytes sent to clients, as on the wire (after compression)."},
+    {M_BYTES_OUT_RAW, "tidings_notification_bytes_total",
+     "Notification bytes queued to subscribers, before compression."},
     {M_PUBLISHES, "tidings_publishes_total", "Publishes from clients accepted by Redis."},
-    {M_PUBLISH_ERRORS, "tidings_publish_errors_total", "Publishes answered with an error (Redis unavailable)."},
+    {M_PUBLISH_ERRORS, "tidings_publish_errors_total",
+     "Publishes answered with an error (Redis unavailable)."},
     {M_BUS_MESSAGES, "tidings_bus_messages_total", "Messages received from Redis."},
     {M_DELIVERIES, "tidings_deliveries_total", "Notifications queued to subscribers."},
-    {M_SLOW_DROPPED, "tidings_slow_dropped_total", "Notifications skipped for subscribers over --max-queued-bytes."},
-    {M_SLOW_DISCONNECTS, "tidings_slow_disconnects_total", "Subscribers disconnected (1013) for being slow."},
-    {M_RATE_LIMITED, "tidings_rate_limited_total", "Messages refused by the per-connection rate limit."},
-    {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total", "Redis connections re-established after a loss."},
+    {M_SLOW_DROPPED, "tidings_slow_dropped_total",
+     "Notifications skipped for subscribers over --max-queued-bytes."},
+    {M_SLOW_DISCONNECTS, "tidings_slow_disconnects_total",
+     "Subscribers disconnected (1013) for being slow."},
+    {M_RATE_LIMITED, "tidings_rate_limited_total",
+     "Messages refused by the per-connection rate limit."},
+    {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total",
+     "Redis connections re-established after a loss."},
 };
 
 int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
   struct sb s = {0};
-  sb_printf(&s, "# HELP tidings_connections Open WebSocket connections.\n"
-                "# TYPE tidings_connections gauge\n");
+  sb_printf(&s,
+            "# HELP tidings_connections Open WebSocket connections.\n"
+            "# TYPE tidings_connections gauge\n");
   for (int i = 0; i < v->nslots; i++)
     sb_printf(&s, "tidings_connections{worker=\"%d\"} %lld\n", i + 1,
               (long long)slot_gauge(v, i, G_CONNECTIONS, 1));
-  sb_printf(&s, "# HELP tidings_redis_connected 1 when the worker's Redis connections are up.\n"
-                "# TYPE tidings_redis_connected gauge\n");
+  sb_printf(&s,
+            "# HELP tidings_redis_connected 1 when the worker's Redis connections are up.\n"
+            "# TYPE tidings_redis_connected gauge\n");
   for (int i = 0; i < v->nslots; i++)
     sb_printf(&s, "tidings_redis_connected{worker=\"%d\"} %lld\n", i + 1,
               v->pid[i] ? (long long)slot_gauge(v, i, G_REDIS_CONNECTED, 0) : 0LL);
-  sb_printf(&s, "# HELP tidings_topics Topics with local subscribers.\n"
-                "# TYPE tidings_topics gauge\n");
+  sb_printf(&s,
+            "# HELP tidings_topics Topics with local subscribers.\n"
+            "# TYPE tidings_topics gauge\n");
   for (int i = 0; i < v->nslots; i++)
     sb_printf(&s, "tidings_topics{worker=\"%d\"} %lld\n", i + 1,
               v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL);
-  sb_printf(&s, "# HELP tidings_worker_up 1 when a worker runs in the slot.\n"
-                "# TYPE tidings_worker_up gauge\n");
+  sb_printf(&s,
+            "# HELP tidings_worker_up 1 when a worker runs in the slot.\n"
+            "# TYPE tidings_worker_up gauge\n");
   for (int i = 0; i < v->nslots; i++)
     sb_printf(&s, "tidings_worker_up{worker=\"%d\"} %d\n", i + 1, v->pid[i] ? 1 : 0);
   for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
@@ -135,16 +148,18 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
       sb_printf(&s, "%s{worker=\"%d\"} %llu\n", counters[k].name, i + 1,
                 (unsigned long long)slot_counter(v, i, counters[k].k));
   }
-  sb_printf(&s, "# HELP tidings_handshakes_rejected_total Connections refused before or at the "
-                "handshake, by reason.\n# TYPE tidings_handshakes_rejected_total counter\n");
+  sb_printf(&s,
+            "# HELP tidings_handshakes_rejected_total Connections refused before or at the "
+            "handshake, by reason.\n# TYPE tidings_handshakes_rejected_total counter\n");
   for (int r = 0; r < REJECT__COUNT; r++) {
     uint64_t t = 0;
     for (int i = 0; i < v->nslots; i++) t += slot_counter(v, i, M_REJECT_FIRST + r);
     sb_printf(&s, "tidings_handshakes_rejected_total{reason=\"%s\"} %llu\n",
               reject_name((enum reject_reason)r), (unsigned long long)t);
   }
-  sb_printf(&s, "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
-                "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
+  sb_printf(&s,
+            "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
+            "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
             (unsigned long long)restarts(v));
   /* the histogram: cumulative buckets over every row */
   uint64_t b[METRIC_LAT_BUCKETS] = {0}, sum = 0, count = 0;
@@ -154,9 +169,10 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
     sum += load64(&m->lat_sum_us);
     count += load64(&m->lat_count);
   }
-  sb_printf(&s, "# HELP tidings_delivery_latency_seconds Time from a message's arrival from "
-                "Redis to its frame's hand-over to the kernel.\n"
-                "# TYPE tidings_delivery_latency_seconds histogram\n");
+  sb_printf(&s,
+            "# HELP tidings_delivery_latency_seconds Time from a message's arrival from "
+            "Redis to its frame's hand-over to the kernel.\n"
+            "# TYPE tidings_delivery_latency_seconds histogram\n");
   uint64_t cum = 0;
   for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
     cum += b[i];
@@ -167,8 +183,10 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
       sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
                 metric_lat_bounds_us[i] / 1e6, (unsigned long long)cum);
   }
-  sb_printf(&s, "tidings_delivery_latency_seconds_sum %.6f\ntidings_delivery_latency_seconds_count %llu\n",
-            sum / 1e6, (unsigned long long)count);
+  sb_printf(
+      &s,
+      "tidings_delivery_latency_seconds_sum %.6f\ntidings_delivery_latency_seconds_count %llu\n",
+      sum / 1e6, (unsigned long long)count);
   return sb_take(&s, text, len);
 }
 

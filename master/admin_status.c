@@ -20,8 +20,7 @@
 _Static_assert(FRAME_HEADER_MAX_MASKED + STATUS_FRAME_MAX < ADMIN_HEAD_MAX,
                "the input buffer holds any frame the status socket accepts");
 
-static int send_frame(struct aconn *c, int opcode, const void *payload, size_t n,
-                      int close_after) {
+static int send_frame(struct aconn *c, int opcode, const void *payload, size_t n, int close_after) {
   uint8_t h[FRAME_HEADER_MAX];
   size_t hl = frame_header(h, opcode, 0, n);
   return admin__send(c, h, hl, payload, n, close_after);
@@ -107,6 +106,8 @@ void admin_status_tick(struct aconn *c, uint64_t now) {
     return;
   }
   assert(c->state == ACONN_WS);
-  if (c->tcp.write_queue_size > STATUS_QUEUE_MAX) admin__close(c);
-  else if (now - c->snap_at >= STATUS_SNAPSHOT_PERIOD_MS) send_snapshot(c);
+  if (c->tcp.write_queue_size > STATUS_QUEUE_MAX)
+    admin__close(c);
+  else if (now - c->snap_at >= STATUS_SNAPSHOT_PERIOD_MS)
+    send_snapshot(c);
 }

@@ -41,7 +41,8 @@ static void on_proc_closed(uv_handle_t *h) {
 
 static void schedule(struct embedded_redis *r, uv_timer_cb cb, uint64_t ms) {
   int rc = uv_timer_start(&r->timer, cb, ms, 0);
-  if (rc < 0) log_error("redis_embedded_timer_failed", "embedded redis-server: %s", uv_strerror(rc));
+  if (rc < 0)
+    log_error("redis_embedded_timer_failed", "embedded redis-server: %s", uv_strerror(rc));
 }
 
 /* Whether the socket accepts connections yet.  A unix socket's connect()
@@ -97,10 +98,11 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
     return;
   }
   if (sig)
-    log_error("redis_embedded_crash", "embedded redis-server (pid %d) was killed by signal %d", p->pid, sig);
+    log_error("redis_embedded_crash", "embedded redis-server (pid %d) was killed by signal %d",
+              p->pid, sig);
   else
-    log_error("redis_embedded_crash", "embedded redis-server (pid %d) exited with status %lld", p->pid,
-              (long long)status);
+    log_error("redis_embedded_crash", "embedded redis-server (pid %d) exited with status %lld",
+              p->pid, (long long)status);
   if (uv_now(r->loop) - r->started >= REDIS_STABLE_MS) r->failures = 0;
   uint64_t delay = backoff_delay(&redis_backoff, r->failures, 0);
   r->failures++;
@@ -113,9 +115,8 @@ static void spawn(struct embedded_redis *r) {
   /* the last process handle was closed before any timer could fire */
   assert(!r->running && !r->proc_open && !r->no_restart);
   const char *args[] = {"tidings-redis", r->server, "--port", "0", "--unixsocket", r->sock,
-                        "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                        "--dir", r->dir, "--daemonize", "no", "--loglevel", "warning",
-                        "--databases", "1",
+                        "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir",
+                        r->dir, "--daemonize", "no", "--loglevel", "warning", "--databases", "1",
                         /* a worker busy writing to its clients may fall behind for a
                          * moment: give its subscriber connection room before Redis
                          * cuts it (and messages are lost) */
@@ -161,7 +162,8 @@ int embedded_redis_init(struct embedded_redis *r, uv_loop_t *loop, const char *s
   snprintf(r->dir, sizeof(r->dir), "%s", REDIS_DIR_TEMPLATE);
   if (!mkdtemp(r->dir)) {
     int e = errno;
-    snprintf(err, errlen, "cannot create a directory for the embedded redis-server: %s", strerror(e));
+    snprintf(err, errlen, "cannot create a directory for the embedded redis-server: %s",
+             strerror(e));
     return -e;
   }
   int n = snprintf(r->sock, sizeof(r->sock), "%s/redis.sock", r->dir);

@@ -91,8 +91,10 @@ int main(int argc, char **argv) {
   if (cfg.jwt_secret[0] || cfg.jwt_secret_file[0] || cfg.jwt_public_key[0])
     log_info("auth_mode", "JWT authentication on (%s): clients need a token", alg);
   else
-    log_info("auth_mode", "no JWT key configured: anonymous access, every client may subscribe and publish");
+    log_info("auth_mode",
+             "no JWT key configured: anonymous access, every client may subscribe and publish");
   if (!cfg.allowed_origins[0])
-    log_info("origin_mode", "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
+    log_info("origin_mode",
+             "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
   return master_main(&cfg, argc, argv, redis_server);
 }

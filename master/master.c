@@ -25,10 +25,11 @@ _Static_assert(MAX_WORKERS <= ADMIN_MAX_SLOTS, "the admin view has a place for e
 static const struct backoff worker_backoff = {.min_ms = 100, .max_ms = 30000, .jitter = 0};
 #define WORKER_STABLE_MS 10000
 #define WORKER_SPAWN_RETRY_MS 30000 /* after uv_spawn() itself failed */
-#define RELOAD_DRAIN_AFTER_MS 500   /* SIGHUP: old workers get SIGTERM this long after the new start */
-#define SHUTDOWN_KILL_MARGIN_S 5    /* SIGKILL what still runs this long after --shutdown-grace */
-#define ENV_PER_SPAWN 2             /* m->env[0], [1]: the worker's id and row, set per spawn */
-#define ENV_OURS 2                  /* TIDINGS_MASTER_PID, TIDINGS_REDIS */
+#define RELOAD_DRAIN_AFTER_MS \
+  500                            /* SIGHUP: old workers get SIGTERM this long after the new start */
+#define SHUTDOWN_KILL_MARGIN_S 5 /* SIGKILL what still runs this long after --shutdown-grace */
+#define ENV_PER_SPAWN 2          /* m->env[0], [1]: the worker's id and row, set per spawn */
+#define ENV_OURS 2               /* TIDINGS_MASTER_PID, TIDINGS_REDIS */
 #define VAR_MAX 48
 
 struct master;
@@ -175,10 +176,11 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
     log_info("worker_exit", "worker %d (pid %d) exited with status %lld%s", ch->slot + 1, pid,
              (long long)status, sig ? " after a signal" : "");
   } else if (sig) {
-    log_error("worker_crash", "worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid, sig,
-              strsignal(sig));
+    log_error("worker_crash", "worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid,
+              sig, strsignal(sig));
   } else {
-    log_error("worker_crash", "worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
+    log_error("worker_crash", "worker %d (pid %d) exited with status %lld", ch->slot + 1, pid,
+              (long long)status);
   }
   if (s->current == ch) {
     s->current = NULL;
@@ -193,7 +195,8 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
     if (lived >= WORKER_STABLE_MS) s->failures = 0;
     uint64_t delay = s->failures ? backoff_delay(&worker_backoff, s->failures - 1, 0) : 0;
     s->failures++;
-    log_info("worker_restart", "restarting worker %d in %llu ms", ch->slot + 1, (unsigned long long)delay);
+    log_info("worker_restart", "restarting worker %d in %llu ms", ch->slot + 1,
+             (unsigned long long)delay);
     start_timer(&s->restart, on_restart, delay, "worker restart");
   }
   uv_close((uv_handle_t *)p, on_child_closed);
@@ -350,7 +353,8 @@ static int has_prefix(const char *s, const char *prefix) {
 /* The workers' environment: ENV_PER_SPAWN empty places (spawn() fills
  * them), then ours, then environ without the variables we set. */
 static int build_env(struct master *m) {
-  static const char *const ours[] = {"TIDINGS_WORKER_ID=", "TIDINGS_MASTER_PID=", "TIDINGS_SHM_ROW="};
+  static const char *const ours[] = {
+      "TIDINGS_WORKER_ID=", "TIDINGS_MASTER_PID=", "TIDINGS_SHM_ROW="};
   size_t n = 0;
   while (environ[n]) n++;
   m->env = calloc(ENV_PER_SPAWN + ENV_OURS + n + 1, sizeof(char *));
@@ -360,7 +364,8 @@ static int build_env(struct master *m) {
   if (m->embedded) m->env[k++] = m->redis_env;
   for (size_t i = 0; i < n; i++) {
     int skip = 0;
-    for (size_t j = 0; j < sizeof(ours) / sizeof(ours[0]); j++) skip |= has_prefix(environ[i], ours[j]);
+    for (size_t j = 0; j < sizeof(ours) / sizeof(ours[0]); j++)
+      skip |= has_prefix(environ[i], ours[j]);
     if (!skip) m->env[k++] = environ[i];
   }
   m->env[k] = NULL;
@@ -417,7 +422,8 @@ static int setup(struct master *m, const char *redis_server, int *status) {
       *status = EXIT_CONFIG; /* before any child exists */
       return rc;
     }
-    log_info("admin_listen", "admin listener on %s: /metrics /healthz /readyz /status", m->cfg->admin_listen);
+    log_info("admin_listen", "admin listener on %s: /metrics /healthz /readyz /status",
+             m->cfg->admin_listen);
   }
   if (redis_server) {
     char err[256];

@@ -121,9 +121,20 @@ static void test_every_prefix_is_incomplete(void **state) {
 
 static void test_lengths_agree_with_the_writer(void **state) {
   (void)state;
-  static const uint64_t lens[] = {0,      1,       125,     126,          127,
-                                  1000,   0xfffe,  0xffff,  0x10000,      0x10001,
-                                  1 << 24, UINT32_MAX, (uint64_t)UINT32_MAX + 1, INT64_MAX};
+  static const uint64_t lens[] = {0,
+                                  1,
+                                  125,
+                                  126,
+                                  127,
+                                  1000,
+                                  0xfffe,
+                                  0xffff,
+                                  0x10000,
+                                  0x10001,
+                                  1 << 24,
+                                  UINT32_MAX,
+                                  (uint64_t)UINT32_MAX + 1,
+                                  INT64_MAX};
   for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
     uint8_t b[FRAME_HEADER_MAX];
     size_t hl = frame_header(b, FRAME_BINARY, 1, lens[i]);
@@ -163,8 +174,7 @@ static void test_top_bit_of_64_bit_length(void **state) {
 static void test_unmask(void **state) {
   (void)state;
   /* RFC 6455 5.7: a masked "Hello" */
-  static const uint8_t frame[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
-                                  0x7f, 0x9f, 0x4d, 0x51, 0x58};
+  static const uint8_t frame[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
   struct frame_head h;
   int hl = parse_exact(frame, sizeof(frame), &h);
   assert_int_equal(hl, 6);
