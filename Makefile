@@ -120,6 +120,12 @@ bin/unit/test_bus: build/san/tests/unit/test_bus.o $(COMMON_SRC:%.c=build/san/%.
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
+# test_recovery: the same, with history kept by the local bus in memory
+bin/unit/test_recovery: build/san/tests/unit/test_recovery.o $(COMMON_SRC:%.c=build/san/%.o) \
+                        $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
+	@mkdir -p bin/unit
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
+
 # test_history_lib renders the Redis function library from the embedded template
 bin/unit/test_history_lib: build/san/tests/unit/test_history_lib.o build/san/redis/history_lib.o \
                            build/san/build/gen/redis/history.lua.o
