@@ -918,6 +918,36 @@ static void client_closing_during_resume(void **state) {
   client_close(p);
 }
 
+/* The server closes a client (here for a binary message) while its resume
+ * read is out: the connection waits in the close handshake for the
+ * client's close, still subscribed, when the answer comes; then it goes. */
+static void client_failed_during_resume(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *p = client_open(fx);
+  publish_run(fx, p, "news", 1, 2);
+  bus_local_hold_history(fx->w->bus, 1);
+  send_resume(a, "news", EP, 1);
+  wait_reads(fx, 1);
+  client_frame(a, 0x2, "x", 1);
+  while (a->len < 4) assert_true(fill(fx, a));
+  assert_memory_equal(a->buf, "\x88", 1);
+  assert_memory_equal(a->buf + 2, "\x03\xeb", 2); /* 1003 */
+  publish_run(fx, p, "news", 3, 3);
+  bus_local_hold_history(fx->w->bus, 0);
+  settle_reads(fx);
+  publish_run(fx, p, "news", 4, 4);
+  assert_int_equal(fx->w->topics.ntopics, 1); /* still subscribed, lingering */
+  client_frame(a, 0x8, "\x03\xe8", 2);        /* the client's close: the end */
+  for (int i = 0; i < WAIT_MS && fx->w->nconns > 1; i++) {
+    uv_run(fx->w->loop, UV_RUN_NOWAIT);
+    poll(NULL, 0, 1);
+  }
+  assert_int_equal(fx->w->nconns, 1);
+  assert_int_equal(fx->w->topics.ntopics, 0);
+  client_close(a);
+  client_close(p);
+}
+
 /* A client unsubscribes while its resume read is out: no subscribed reply
  * later, nothing of the topic. */
 static void unsubscribe_during_resume(void **state) {
@@ -1136,6 +1166,7 @@ int main(void) {
       T(messages_from_outside, setup_hist),
       T(client_gone_during_resume, setup_hist),
       T(client_closing_during_resume, setup_hist),
+      T(client_failed_during_resume, setup_hist),
       T(unsubscribe_during_resume, setup_hist),
       T(resume_overflow_closes, setup_small_queue),
       T(stop_with_reads_outstanding, setup_hist),
