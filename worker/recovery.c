@@ -50,6 +50,7 @@ struct held_frame {
   struct held_frame *next;
   struct sbuf *f;
   uint64_t offset;
+  char epoch[BUS_EPOCH_MAX + 1]; /* the topic's epoch when it came */
 };
 
 enum read_kind { READ_CATCHUP, READ_SUBSCRIBE, READ_QUERY };
@@ -286,6 +287,9 @@ void recovery_hold(struct sub *s, struct sbuf *f, uint64_t offset) {
   h->next = NULL;
   h->f = sbuf_ref(f);
   h->offset = offset;
+  const struct topic_hist *th = s->topic->ext;
+  if (th) memcpy(h->epoch, th->epoch, sizeof(h->epoch));
+  else h->epoch[0] = '\0';
   *r->frames_tail = h;
   r->frames_tail = &h->next;
   r->held_bytes += f->len;
@@ -382,9 +386,11 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
         }
       }
       if (h->top > s->seen) s->seen = h->top;
-      /* what the topic delivered meanwhile, past what the reply covers */
+      /* what the topic delivered meanwhile, past what the reply covers;
+       * offsets of another epoch are not comparable with the reply's */
       for (struct held_frame *hf = r->frames; hf; hf = hf->next)
-        if (!hf->offset || hf->offset > s->seen) send_frame_to(c, s, hf->f, hf->offset);
+        if (!hf->offset || strcmp(hf->epoch, h->epoch) != 0 || hf->offset > s->seen)
+          send_frame_to(c, s, hf->f, hf->offset);
       drop_frames(r);
       struct topic_hist *th = t->ext;
       if (th && !th->epoch[0] && !th->reading && h->epoch[0]) {
