@@ -788,6 +788,40 @@ static void epoch_change_resets(void **state) {
   client_close(p);
 }
 
+/* A new epoch while a resume's read is out: the live messages of the new
+ * epoch that were held meanwhile must reach the client even though their
+ * offsets are below those of the old epoch the answer speaks of. */
+static void epoch_change_at_the_seam(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *b = client_open(fx), *p = client_open(fx);
+  subscribe(fx, b, "news", "", 0);
+  publish_run(fx, p, "news", 1, 5);
+  expect_run(fx, b, "news", 1, 5);
+  bus_local_hold_history(fx->w->bus, 1);
+  send_resume(a, "news", EP, 3);
+  wait_reads(fx, 1);
+  bus_local_snapshot_history(fx->w->bus); /* 4, 5 of the first epoch */
+  assert_int_equal(bus_local_new_epoch(fx->w->bus, "news", "local-2"), 0);
+  publish(fx, p, "news", 10, 1);
+  publish(fx, p, "news", 11, 2);
+  expect_note(fx, b, "news", 10, 1);
+  expect_note(fx, b, "news", 11, 2);
+  bus_local_hold_history(fx->w->bus, 0);
+  expect_resumed(fx, a, "news", 1, EP, 5);
+  expect_run(fx, a, "news", 4, 5);
+  expect_note(fx, a, "news", 10, 1);
+  expect_note(fx, a, "news", 11, 2);
+  fence(fx, a);
+  publish(fx, p, "news", 12, 3);
+  expect_note(fx, a, "news", 12, 3);
+  expect_note(fx, b, "news", 12, 3);
+  fence(fx, a);
+  fence(fx, b);
+  client_close(a);
+  client_close(b);
+  client_close(p);
+}
+
 /* After the bus re-subscribed, each topic catches up what it missed while
  * its deliveries were cut. */
 static void resynced_catches_up(void **state) {
@@ -1161,6 +1195,7 @@ int main(void) {
       T(catchup_overflow_gives_up, setup_big_queue),
       T(duplicate_is_dropped, setup_hist),
       T(epoch_change_resets, setup_hist),
+      T(epoch_change_at_the_seam, setup_hist),
       T(resynced_catches_up, setup_hist),
       T(resynced_with_live_meanwhile, setup_hist),
       T(messages_from_outside, setup_hist),
