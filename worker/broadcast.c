@@ -168,6 +168,7 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
       recovery_hold(s, f, offset);
       continue;
     }
+    if (offset && offset <= s->seen) continue; /* its subscribe reply covered it */
     if (slow_skip(c)) continue; /* told later, with "missed" */
     if (c->missed) {
       int extra = slow_send_missed(c, plain->data + hdr, jlen, born_us);

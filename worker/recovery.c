@@ -397,6 +397,8 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
         memcpy(th->epoch, h->epoch, sizeof(th->epoch));
         th->last = h->top;
       }
+      /* broadcast() skips offsets up to s->seen: those of the topic's epoch */
+      if (th && strcmp(th->epoch, h->epoch) != 0) s->seen = 0;
     }
   }
   drop_frames(r);
