@@ -726,6 +726,44 @@ static void catchup_overflow_gives_up(void **state) {
   client_close(p);
 }
 
+/* A resume whose read went out before the topic noticed a gap: the resume
+ * is answered first (reads are answered in order) and covers the gap; the
+ * catch-up's messages and the live ones it held back must not reach the
+ * resumed client a second time.  Nor a plain subscriber whose reply's
+ * offset covers them. */
+static void resume_before_a_catchup(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *b = client_open(fx), *c = client_open(fx),
+                *p = client_open(fx);
+  subscribe(fx, b, "news", "", 0);
+  publish_run(fx, p, "news", 1, 2);
+  expect_run(fx, b, "news", 1, 2);
+  bus_local_hold_history(fx->w->bus, 1);
+  send_resume(a, "news", EP, 0);
+  client_send(c, "{\"type\":\"subscribe\",\"topic\":\"news\"}");
+  wait_reads(fx, 2);
+  bus_local_drop(fx->w->bus, "news", 1);
+  publish_run(fx, p, "news", 3, 4); /* 3 lost: a catch-up, after the two reads */
+  wait_reads(fx, 3);
+  bus_local_hold_history(fx->w->bus, 0);
+  expect_resumed(fx, a, "news", 1, EP, 4);
+  expect_run(fx, a, "news", 1, 4);
+  expect(fx, c, "{\"status\":\"subscribed\",\"topic\":\"news\",\"epoch\":\"" EP "\",\"offset\":4}");
+  expect_run(fx, b, "news", 3, 4);
+  fence(fx, a);
+  fence(fx, c);
+  fence(fx, b);
+  publish(fx, p, "news", 5, 5);
+  expect_note(fx, a, "news", 5, 5);
+  expect_note(fx, b, "news", 5, 5);
+  expect_note(fx, c, "news", 5, 5);
+  fence(fx, a);
+  client_close(a);
+  client_close(b);
+  client_close(c);
+  client_close(p);
+}
+
 /* A delivery that comes again (a duplicate) is dropped; so is an older one. */
 static void duplicate_is_dropped(void **state) {
   struct fx *fx = *state;
@@ -1193,6 +1231,7 @@ int main(void) {
       T(two_gaps_in_a_row, setup_hist),
       T(gap_that_history_cannot_fill, setup_hist),
       T(catchup_overflow_gives_up, setup_big_queue),
+      T(resume_before_a_catchup, setup_hist),
       T(duplicate_is_dropped, setup_hist),
       T(epoch_change_resets, setup_hist),
       T(epoch_change_at_the_seam, setup_hist),
