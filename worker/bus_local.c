@@ -78,6 +78,7 @@ struct bus {
   struct ltopic *topics;
   struct lread *reads, **reads_tail;
   int hold;
+  size_t fail; /* answers still to fail */
   size_t nreads, nwaiting;
   uint64_t last_since;
   size_t last_limit;
@@ -252,7 +253,12 @@ static void answer_reads(struct bus *b) {
     struct lread *r = ready;
     ready = r->next;
     b->nwaiting--;
-    answer_read(b, r, BUS_OK);
+    int err = BUS_OK;
+    if (b->fail) {
+      b->fail--;
+      err = BUS_EUNAVAILABLE;
+    }
+    answer_read(b, r, err);
   }
 }
 
@@ -388,6 +394,8 @@ void bus_local_release_history(struct bus *b, size_t n) {
   }
   if (b->reads) uv_idle_start(&b->idle, on_idle);
 }
+
+void bus_local_fail_history(struct bus *b, size_t n) { b->fail = n; }
 
 void bus_local_snapshot_history(struct bus *b) {
   for (struct lread *r = b->reads; r; r = r->next) {

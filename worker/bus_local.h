@@ -38,6 +38,9 @@ void bus_local_hold_history(struct bus *b, int hold);
 /* While holding: the n oldest waiting reads are answered on the next loop
  * turn. */
 void bus_local_release_history(struct bus *b, size_t n);
+/* The next n answers to history reads are BUS_EUNAVAILABLE (Redis went
+ * away with the reads on its connection). */
+void bus_local_fail_history(struct bus *b, size_t n);
 /* Every waiting read takes its answer now, as if Redis ran it at this
  * moment; otherwise a read takes it when it is answered. */
 void bus_local_snapshot_history(struct bus *b);
