@@ -764,6 +764,110 @@ static void resume_before_a_catchup(void **state) {
   client_close(p);
 }
 
+/* The gap came first, then a resume: the catch-up is answered first, its
+ * messages reach the resuming client as held frames, which its own answer
+ * then covers. */
+static void resume_after_a_catchup(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *b = client_open(fx), *p = client_open(fx);
+  subscribe(fx, b, "news", "", 0);
+  publish_run(fx, p, "news", 1, 2);
+  expect_run(fx, b, "news", 1, 2);
+  bus_local_hold_history(fx->w->bus, 1);
+  bus_local_drop(fx->w->bus, "news", 1);
+  publish_run(fx, p, "news", 3, 4); /* 3 lost: the catch-up goes out */
+  wait_reads(fx, 1);
+  send_resume(a, "news", EP, 1);
+  wait_reads(fx, 2);
+  publish_run(fx, p, "news", 5, 5);
+  bus_local_release_history(fx->w->bus, 1); /* the catch-up only */
+  expect_run(fx, b, "news", 3, 5);
+  fence(fx, a); /* a waits for its own answer */
+  bus_local_hold_history(fx->w->bus, 0);
+  expect_resumed(fx, a, "news", 1, EP, 5);
+  expect_run(fx, a, "news", 2, 5);
+  fence(fx, a);
+  fence(fx, b);
+  client_close(a);
+  client_close(b);
+  client_close(p);
+}
+
+/* The topic's last subscriber leaves while its catch-up read is out: the
+ * answer finds no one; a new subscriber meanwhile starts afresh. */
+static void topic_gone_during_catchup(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *p = client_open(fx);
+  subscribe(fx, a, "news", "", 0);
+  publish_run(fx, p, "news", 1, 1);
+  expect_run(fx, a, "news", 1, 1);
+  bus_local_hold_history(fx->w->bus, 1);
+  bus_local_drop(fx->w->bus, "news", 1);
+  publish_run(fx, p, "news", 2, 4); /* 3 and 4 wait for 2 */
+  wait_reads(fx, 1);
+  client_send(a, "{\"type\":\"unsubscribe\",\"topic\":\"news\"}");
+  expect(fx, a, "{\"status\":\"unsubscribed\",\"topic\":\"news\"}");
+  assert_int_equal(fx->w->topics.ntopics, 0);
+  client_send(a, "{\"type\":\"subscribe\",\"topic\":\"news\"}");
+  wait_reads(fx, 2);
+  bus_local_hold_history(fx->w->bus, 0);
+  expectf(fx, a, "{\"status\":\"subscribed\",\"topic\":\"news\",\"epoch\":\"%s\",\"offset\":4}",
+          EP);
+  fence(fx, a); /* nothing of the old catch-up */
+  publish(fx, p, "news", 5, 5);
+  expect_note(fx, a, "news", 5, 5);
+  fence(fx, a);
+  client_close(a);
+  client_close(p);
+}
+
+/* History reads that fail: a subscribe is refused (and can be made
+ * again), a request gets an error, a catch-up delivers with the gap. */
+static void history_reads_that_fail(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *b = client_open(fx), *p = client_open(fx);
+  subscribe(fx, b, "news", "", 0);
+  publish_run(fx, p, "news", 1, 3);
+  expect_run(fx, b, "news", 1, 3);
+  bus_local_fail_history(fx->w->bus, 1);
+  sendf(a,
+        "{\"type\":\"subscribe\",\"topic\":\"news\",\"since\":{\"offset\":1,\"epoch\":\"%s\"},"
+        "\"id\":1}",
+        EP);
+  expect(
+      fx, a,
+      "{\"error\":\"Message bus unavailable, message not published\",\"code\":\"bus_unavailable\","
+      "\"topic\":\"news\",\"id\":1}");
+  publish_run(fx, p, "news", 4, 4);
+  expect_run(fx, b, "news", 4, 4);
+  fence(fx, a); /* not subscribed */
+  client_send(a, "{\"type\":\"unsubscribe\",\"topic\":\"news\"}");
+  expect(
+      fx, a,
+      "{\"error\":\"Not subscribed to this topic\",\"code\":\"not_subscribed\",\"topic\":\"news\"}");
+  send_resume(a, "news", EP, 2);
+  expect_resumed(fx, a, "news", 1, EP, 4);
+  expect_run(fx, a, "news", 3, 4);
+
+  bus_local_fail_history(fx->w->bus, 1);
+  client_send(a, "{\"type\":\"history\",\"topic\":\"news\",\"id\":2}");
+  expect(
+      fx, a,
+      "{\"error\":\"Message bus unavailable, message not published\",\"code\":\"bus_unavailable\","
+      "\"topic\":\"news\",\"id\":2}");
+
+  bus_local_fail_history(fx->w->bus, 1);
+  bus_local_drop(fx->w->bus, "news", 1);
+  publish_run(fx, p, "news", 5, 6); /* 5 lost, and so is the catch-up */
+  expect_note(fx, a, "news", 6, 6);
+  expect_note(fx, b, "news", 6, 6);
+  fence(fx, a);
+  fence(fx, b);
+  client_close(a);
+  client_close(b);
+  client_close(p);
+}
+
 /* A delivery that comes again (a duplicate) is dropped; so is an older one. */
 static void duplicate_is_dropped(void **state) {
   struct fx *fx = *state;
@@ -1232,6 +1336,9 @@ int main(void) {
       T(gap_that_history_cannot_fill, setup_hist),
       T(catchup_overflow_gives_up, setup_big_queue),
       T(resume_before_a_catchup, setup_hist),
+      T(resume_after_a_catchup, setup_hist),
+      T(topic_gone_during_catchup, setup_hist),
+      T(history_reads_that_fail, setup_hist),
       T(duplicate_is_dropped, setup_hist),
       T(epoch_change_resets, setup_hist),
       T(epoch_change_at_the_seam, setup_hist),
