@@ -134,9 +134,13 @@ static int pump_until_readable(struct fx *fx, struct client *cl, int ms) {
   return 0;
 }
 
+/* What the test waits for, told when it does not come. */
+static const char *awaiting;
+
 /* Reads more; returns 0 when the server closed the connection. */
 static int fill(struct fx *fx, struct client *cl) {
-  assert_true(pump_until_readable(fx, cl, WAIT_MS));
+  if (!pump_until_readable(fx, cl, WAIT_MS))
+    fail_msg("nothing came within %d ms; waiting for %s", WAIT_MS, awaiting ? awaiting : "a frame");
   ssize_t n = recv(cl->fd, cl->buf + cl->len, sizeof(cl->buf) - cl->len, 0);
   assert_true(n >= 0);
   cl->len += (size_t)n;
@@ -203,7 +207,9 @@ static char *client_recv(struct fx *fx, struct client *cl) {
 }
 
 static void expect(struct fx *fx, struct client *cl, const char *want) {
+  awaiting = want;
   char *got = client_recv(fx, cl);
+  awaiting = NULL;
   assert_string_equal(got, want);
   free(got);
 }
@@ -1124,6 +1130,39 @@ static void client_failed_during_resume(void **state) {
   client_close(p);
 }
 
+/* The worker drains (SIGTERM) while a resume read is out: the client is
+ * closed with 1001, the answer finds it closing, and it goes when the
+ * client answers the close. */
+static void shutdown_during_resume(void **state) {
+  struct fx *fx = *state;
+  struct client *p = client_open(fx);
+  publish_run(fx, p, "news", 1, 2);
+  client_close(p);
+  struct client *a = client_open(fx);
+  for (int i = 0; i < WAIT_MS && fx->w->nconns > 1; i++) {
+    uv_run(fx->w->loop, UV_RUN_NOWAIT);
+    poll(NULL, 0, 1);
+  }
+  bus_local_hold_history(fx->w->bus, 1);
+  send_resume(a, "news", EP, 1);
+  wait_reads(fx, 1);
+  worker_shutdown(fx->w, 1001);
+  while (a->len < 4) assert_true(fill(fx, a));
+  assert_memory_equal(a->buf, "\x88", 1);
+  assert_memory_equal(a->buf + 2, "\x03\xe9", 2); /* 1001 */
+  bus_local_hold_history(fx->w->bus, 0);
+  settle_reads(fx);
+  assert_int_equal(fx->w->topics.ntopics, 1); /* still subscribed, closing */
+  client_frame(a, 0x8, "\x03\xe9", 2);
+  for (int i = 0; i < WAIT_MS && fx->w->nconns > 0; i++) {
+    uv_run(fx->w->loop, UV_RUN_NOWAIT);
+    poll(NULL, 0, 1);
+  }
+  assert_int_equal(fx->w->nconns, 0);
+  assert_int_equal(fx->w->topics.ntopics, 0);
+  client_close(a);
+}
+
 /* A client unsubscribes while its resume read is out: no subscribed reply
  * later, nothing of the topic. */
 static void unsubscribe_during_resume(void **state) {
@@ -1348,6 +1387,7 @@ int main(void) {
       T(client_gone_during_resume, setup_hist),
       T(client_closing_during_resume, setup_hist),
       T(client_failed_during_resume, setup_hist),
+      T(shutdown_during_resume, setup_hist),
       T(unsubscribe_during_resume, setup_hist),
       T(resume_overflow_closes, setup_small_queue),
       T(stop_with_reads_outstanding, setup_hist),
