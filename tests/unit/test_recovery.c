@@ -651,6 +651,21 @@ static void gap_is_filled_from_history(void **state) {
   client_close(p);
 }
 
+/* The topic's first subscriber here learns where the topic stands from its
+ * subscribe answer: a message lost right after it is a gap, filled. */
+static void gap_right_after_the_first_subscribe(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *p = client_open(fx);
+  publish_run(fx, p, "news", 1, 3);
+  subscribe(fx, a, "news", EP, 3);
+  bus_local_drop(fx->w->bus, "news", 1);
+  publish_run(fx, p, "news", 4, 5);
+  expect_run(fx, a, "news", 4, 5);
+  fence(fx, a);
+  client_close(a);
+  client_close(p);
+}
+
 /* A second gap while the first is being filled: one read at a time, then
  * the next, in order. */
 static void two_gaps_in_a_row(void **state) {
@@ -1371,6 +1386,7 @@ int main(void) {
       T(resume_not_recovered, setup_hist),
       T(resume_of_an_empty_topic, setup_hist),
       T(gap_is_filled_from_history, setup_hist),
+      T(gap_right_after_the_first_subscribe, setup_hist),
       T(two_gaps_in_a_row, setup_hist),
       T(gap_that_history_cannot_fill, setup_hist),
       T(catchup_overflow_gives_up, setup_big_queue),
