@@ -155,6 +155,7 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
+    if (offset && offset <= s->seen) continue; /* it had this one from the history */
     struct sbuf *f = plain;
     if (compress && c->pmd) {
       unsigned bits = c->pmd_bits;
@@ -168,7 +169,6 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
       recovery_hold(s, f, offset);
       continue;
     }
-    if (offset && offset <= s->seen) continue; /* its subscribe reply covered it */
     if (slow_skip(c)) continue; /* told later, with "missed" */
     if (c->missed) {
       int extra = slow_send_missed(c, plain->data + hdr, jlen, born_us);

@@ -348,7 +348,7 @@ static void send_frame_to(struct conn *c, struct sub *s, struct sbuf *f, uint64_
 static void on_subscribe_read(struct resume *r, int err, const struct bus_history *h) {
   struct conn *c = r->c;
   struct sub *s = r->s;
-  if (s) { /* r is freed below, whatever happens: the subscription lets go of it */
+  if (s) { /* detach first: the subscription may outlive this answer */
     s->ext = NULL;
     r->s = NULL;
   }
