@@ -1372,7 +1372,10 @@ static void history_request_client_gone(void **state) {
 
 #define T(f, s) cmocka_unit_test_setup_teardown(f, s, teardown)
 
-int main(void) {
+/* An argument runs only the tests whose names match it (cmocka's pattern:
+ * * and ?), e.g. test_recovery 'seam_*'. */
+int main(int argc, char **argv) {
+  if (argc > 1) cmocka_set_test_filter(argv[1]);
   const struct CMUnitTest tests[] = {
       T(publish_carries_offsets, setup_hist),
       T(topic_outside_history_topics, setup_hist_topics),
