@@ -11,7 +11,9 @@
  * kept in memory the way the Redis functions of docs/history.md keep it
  * (offsets 1, 2, ... within an epoch; the last --history-size messages;
  * tidings_history's answer), and history reads are answered from the same
- * idle handle, on a later loop turn, in the order they were made.
+ * idle handle, on a later loop turn, in the order they were made;
+ * bus_free() answers those still waiting (held or not) with
+ * BUS_EUNAVAILABLE, as it does the publishes.
  *
  * bus_local.h lists the test controls. */
 #include <stdlib.h>
