@@ -22,7 +22,7 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wstrict-prototypes -Wwrite-strings \
-           -Wshadow -Wno-unused-parameter
+           -Wshadow
 DEPFLAGS = -MMD -MP
 PKGS    := libuv jansson hiredis zlib libcrypto libjwt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

@@ -214,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   int rc = proto_handle(&fake_ops, &f, msg, len);
-  FUZZ_CHECK(rc >= PROTO_EINTERNAL && rc <= PROTO_PENDING);
+  FUZZ_CHECK(rc >= PROTO_ENOHISTORY && rc <= PROTO_PENDING);
   if (rc == PROTO_PENDING) {
     FUZZ_CHECK(f.last_pub == PROTO_PENDING);
     check_replies(&f, rc, 0);
