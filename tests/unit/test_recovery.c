@@ -406,11 +406,42 @@ static void plain_subscribe_has_epoch_and_offset(void **state) {
   assert_int_equal(limit, 0); /* only the epoch and top were asked for */
   publish(fx, p, "news", 4, 4);
   expect_note(fx, a, "news", 4, 4);
-  /* subscribing again changes nothing and reads nothing */
+  /* subscribing again tells where the topic stands, and replays nothing */
   size_t reads = bus_local_history_reads(fx->w->bus);
-  client_send(a, "{\"type\":\"subscribe\",\"topic\":\"news\"}");
-  expect(fx, a, "{\"status\":\"subscribed\",\"topic\":\"news\"}");
-  assert_int_equal(bus_local_history_reads(fx->w->bus), reads);
+  subscribe(fx, a, "news", EP, 4);
+  assert_int_equal(bus_local_history_reads(fx->w->bus), reads + 1);
+  bus_local_last_read(fx->w->bus, &since, &limit);
+  assert_int_equal(limit, 0);
+  send_resume(a, "news", EP, 2);
+  expect_resumed(fx, a, "news", 1, EP, 4);
+  bus_local_last_read(fx->w->bus, &since, &limit);
+  assert_int_equal(limit, 0);
+  send_resume(a, "news", "other-1", 2);
+  expect_resumed(fx, a, "news", 0, EP, 4);
+  fence(fx, a);
+  publish(fx, p, "news", 5, 5);
+  expect_note(fx, a, "news", 5, 5);
+  fence(fx, a);
+  client_close(a);
+  client_close(p);
+}
+
+/* Subscribing again while the first subscribe's answer is still out: a
+ * plain reply at once, then the first one's; the held frames go out once. */
+static void subscribe_again_during_the_first(void **state) {
+  struct fx *fx = *state;
+  struct client *a = client_open(fx), *p = client_open(fx);
+  publish_run(fx, p, "news", 1, 2);
+  bus_local_hold_history(fx->w->bus, 1);
+  send_resume(a, "news", EP, 1);
+  wait_reads(fx, 1);
+  publish_run(fx, p, "news", 3, 3);
+  client_send(a, "{\"type\":\"subscribe\",\"topic\":\"news\",\"id\":2}");
+  expect(fx, a, "{\"status\":\"subscribed\",\"topic\":\"news\",\"id\":2}");
+  assert_int_equal(bus_local_history_waiting(fx->w->bus), 1);
+  bus_local_hold_history(fx->w->bus, 0);
+  expect_resumed(fx, a, "news", 1, EP, 3);
+  expect_run(fx, a, "news", 2, 3);
   fence(fx, a);
   client_close(a);
   client_close(p);
@@ -1386,6 +1417,7 @@ int main(int argc, char **argv) {
       T(topic_outside_history_topics, setup_hist_topics),
       T(no_history_at_all, setup_no_hist),
       T(plain_subscribe_has_epoch_and_offset, setup_hist),
+      T(subscribe_again_during_the_first, setup_hist),
       T(resume_sends_exactly_the_missed, setup_hist),
       T(seam_answer_covers_the_live, setup_hist),
       T(seam_answer_in_the_middle, setup_hist),
