@@ -272,14 +272,36 @@ static struct rconn *other(struct rconn *rc) { return rc == &rc->b->cmd ? &rc->b
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct rconn *rc = ac->data;
-  uv_timer_stop(&rc->retry);
   if (status != REDIS_OK) {
+    uv_timer_stop(&rc->retry);
     if (rc->attempts < 2 || rc->attempts % 10 == 0)
       log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name, rc->b->where, ac->errstr);
     rc->ac = NULL; /* hiredis frees it after this callback */
     retry_later(rc);
     return;
   }
+  /* up once PING is answered (see on_ping); the connect timer runs on */
+}
+
+/* The answer to the PING that ends a connection's handshake.  Only now is
+ * the connection up: a Redis that is still loading its data answers
+ * -LOADING to everything, and a SUBSCRIBE or FUNCTION LOAD sent then
+ * would be lost, so such a connection is dropped and tried again. */
+static void on_ping(redisAsyncContext *ac, void *r, void *priv) {
+  struct rconn *rc = priv;
+  redisReply *reply = r;
+  if (!reply || rc->b->closing) return; /* gone: on_disconnect retries */
+  if (reply->type == REDIS_REPLY_ERROR) {
+    if (strncmp(reply->str, "LOADING", 7) == 0)
+      log_info("redis_loading", "Redis %s connection to %s: Redis is loading its data; trying again", rc->name,
+               rc->b->where);
+    else
+      log_warn("redis_connect_failed", "Redis %s connection to %s: PING answered %s", rc->name, rc->b->where,
+               reply->str);
+    redisAsyncDisconnect(ac);
+    return;
+  }
+  uv_timer_stop(&rc->retry);
   rc->connected = 1;
   if (rc->attempts > 0) {
     log_info("redis_restored", "Redis %s connection to %s restored", rc->name, rc->b->where);
@@ -326,7 +348,7 @@ static int handshake(struct rconn *rc, redisAsyncContext *ac) {
   if (ok == REDIS_OK && rc == &rc->b->cmd && history_load(rc->b, ac) < 0) ok = REDIS_ERR;
   /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
    * from the first write event, which only a queued command asks for */
-  if (ok == REDIS_OK) ok = redisAsyncCommand(ac, NULL, NULL, "PING");
+  if (ok == REDIS_OK) ok = redisAsyncCommand(ac, on_ping, rc, "PING");
   return ok == REDIS_OK ? 0 : -1;
 }
 

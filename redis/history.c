@@ -96,6 +96,7 @@ static void on_loaded(redisAsyncContext *ac, void *r, void *priv) {
   redisReply *reply = r;
   if (!reply) return; /* the connection went: loaded again on the next */
   if (reply->type == REDIS_REPLY_ERROR) {
+    if (strncmp(reply->str, "LOADING", 7) == 0) return; /* the PING after it drops the connection */
     log_error("redis_history_unavailable",
               "Redis at %s refused the history functions (FUNCTION LOAD needs Redis 7): %s", b->where,
               reply->str);

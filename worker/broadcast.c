@@ -7,6 +7,7 @@
 
 #include "../common/sbuf.h"
 #include "../common/utf8.h"
+#include "bus.h"
 #include "conn.h"
 #include "../common/frame.h"
 #include "pmd.h"
@@ -51,14 +52,19 @@ static int is_valid_json(const char *p, size_t n) {
   return 1;
 }
 
-#define OFFSET_MEMBER_MAX 32 /* ,"offset":<20 digits> */
+/* ,"offset":<20 digits>,"epoch":"<32>" */
+#define POS_MEMBERS_MAX (32 + 12 + BUS_EPOCH_MAX)
 
-/* Writes the frame for notification parts into a new sbuf; offset 0: the
- * message has no place in a history, and the frame no "offset". */
+/* Writes the frame for notification parts into a new sbuf.  pos NULL: the
+ * message has no place in a history, and the frame no "offset".  The first
+ * message of an epoch also names its epoch, so that a client that
+ * subscribed before the topic had any learns it. */
 static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payload,
-                                size_t plen, uint64_t offset) {
-  char off[OFFSET_MEMBER_MAX] = "";
-  int ol = offset ? snprintf(off, sizeof(off), ",\"offset\":%llu", (unsigned long long)offset) : 0;
+                                size_t plen, const struct bus_pos *pos) {
+  char off[POS_MEMBERS_MAX] = "";
+  int ol = 0;
+  if (pos && pos->offset == 1) ol = snprintf(off, sizeof(off), ",\"offset\":1,\"epoch\":\"%s\"", pos->epoch);
+  else if (pos) ol = snprintf(off, sizeof(off), ",\"offset\":%llu", (unsigned long long)pos->offset);
   size_t jlen = sizeof(pre) - 1 + tlen + sizeof(mid) - 1 + plen + (size_t)ol + 1;
   struct sbuf *b = sbuf_new(FRAME_HEADER_MAX + jlen);
   if (!b) return NULL;
@@ -82,7 +88,7 @@ static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payl
 /* The frame of a notification whose payload may not be JSON (checked, and
  * sent as a JSON string if not). */
 static struct sbuf *notification_frame(const char *topic, size_t tlen, const char *payload, size_t plen,
-                                       int is_json, uint64_t offset) {
+                                       int is_json, const struct bus_pos *pos) {
   char *enc = NULL;
   if (!is_json && !is_valid_json(payload, plen)) {
     enc = as_json_string(payload, plen);
@@ -90,7 +96,7 @@ static struct sbuf *notification_frame(const char *topic, size_t tlen, const cha
     payload = enc;
     plen = strlen(enc);
   }
-  struct sbuf *b = build_frame(topic, tlen, payload, plen, offset);
+  struct sbuf *b = build_frame(topic, tlen, payload, plen, pos);
   free(enc);
   return b;
 }
@@ -112,8 +118,8 @@ char *broadcast_payload_json(const char *payload, size_t plen, size_t *len) {
 }
 
 char *broadcast_notification(const char *topic, size_t tlen, const char *payload, size_t plen,
-                             int is_json, uint64_t offset, size_t *len) {
-  struct sbuf *b = notification_frame(topic, tlen, payload, plen, is_json, offset);
+                             int is_json, const struct bus_pos *pos, size_t *len) {
+  struct sbuf *b = notification_frame(topic, tlen, payload, plen, is_json, pos);
   if (!b) return NULL;
   size_t h = header_len(b);
   char *out = malloc(b->len - h + 1);
@@ -127,9 +133,9 @@ char *broadcast_notification(const char *topic, size_t tlen, const char *payload
 }
 
 struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen, const char *payload,
-                                 size_t plen, int is_json, uint64_t offset) {
+                                 size_t plen, int is_json, const struct bus_pos *pos) {
   struct worker *w = c->w;
-  struct sbuf *plain = notification_frame(topic, tlen, payload, plen, is_json, offset);
+  struct sbuf *plain = notification_frame(topic, tlen, payload, plen, is_json, pos);
   if (!plain) return NULL;
   size_t hdr = header_len(plain), jlen = plain->len - hdr;
   if (!c->pmd || w->cfg->no_compression || jlen < w->cfg->compression_threshold) return plain;
@@ -140,9 +146,10 @@ struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen,
 }
 
 size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t plen, int is_json,
-                 uint64_t offset) {
+                 const struct bus_pos *pos) {
+  uint64_t offset = pos ? pos->offset : 0;
   uint64_t born_us = uv_hrtime() / 1000;
-  struct sbuf *plain = notification_frame(t->name, t->len, payload, plen, is_json, offset);
+  struct sbuf *plain = notification_frame(t->name, t->len, payload, plen, is_json, pos);
   if (!plain) return 0;
   plain->born_us = born_us;
   /* Compressed forms are made on first need, once per window size (one in

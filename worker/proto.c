@@ -160,9 +160,10 @@ int proto_find_member(const char *s, size_t len, const char *key, size_t *start,
   }
 }
 
-/* An epoch as servers hand them out: 1..PROTO_EPOCH_MAX of [A-Za-z0-9-]. */
+/* An epoch as servers hand them out: up to PROTO_EPOCH_MAX of
+ * [A-Za-z0-9-]; "" is the epoch of a topic that had no message yet. */
 static int valid_epoch(const char *e, size_t n) {
-  if (n == 0 || n > PROTO_EPOCH_MAX) return 0;
+  if (n > PROTO_EPOCH_MAX) return 0;
   for (size_t i = 0; i < n; i++) {
     char c = e[i];
     if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-')) return 0;

@@ -41,6 +41,7 @@ struct topic_hist {
   uint64_t last;                 /* offset of the newest message delivered here */
   char epoch[BUS_EPOCH_MAX + 1]; /* "" until the first message or read */
   struct catchup *reading;       /* the catch-up read in flight, or NULL */
+  int stalled;                   /* a catch-up could not be read: retried each tick */
   struct held_msg *held, **held_tail;
   size_t nheld;
 };
@@ -119,6 +120,7 @@ void recovery_topic_end(struct topic *t) {
   struct topic_hist *th = t->ext;
   if (!th) return;
   if (th->reading) th->reading->th = NULL; /* the answer finds no one */
+  if (th->stalled) th->w->history_stalled--;
   drop_held(th);
   free(th);
   t->ext = NULL;
@@ -155,7 +157,7 @@ static void deliver_now(struct topic_hist *th, const char *payload, size_t plen,
              (unsigned long long)th->last + 1, (unsigned long long)pos->offset - 1);
   }
   th->last = pos->offset;
-  broadcast(th->w, th->t, payload, plen, is_json, pos->offset);
+  broadcast(th->w, th->t, payload, plen, is_json, pos);
 }
 
 static int hold(struct topic_hist *th, const char *payload, size_t plen, int is_json,
@@ -184,10 +186,10 @@ static struct held_msg *pop_held(struct topic_hist *th) {
 
 /* Delivers what waits, in arrival order, until a gap starts a read. */
 static void release_held(struct topic_hist *th) {
-  while (th->held && !th->reading) {
+  while (th->held && !th->reading && !th->stalled) {
     if (is_gap(th, &th->held->pos)) {
       start_catchup(th, th->held->pos.offset);
-      if (th->reading) return;
+      if (th->reading || th->stalled) return;
     }
     struct held_msg *m = pop_held(th);
     deliver_now(th, m->payload, m->plen, m->is_json, &m->pos);
@@ -195,18 +197,29 @@ static void release_held(struct topic_hist *th) {
   }
 }
 
+static void stall(struct topic_hist *th) {
+  if (th->stalled) return;
+  th->stalled = 1;
+  th->w->history_stalled++;
+}
+
 /* Reads what is missing before offset upto; sets th->reading when the
- * read went out. */
+ * read went out, or th->stalled when it could not (the bus is down): the
+ * messages wait, and the worker's tick tries again. */
 static void start_catchup(struct topic_hist *th, uint64_t upto) {
   if (th->reading) return;
   struct catchup *r = malloc(sizeof(*r));
-  if (!r) return;
+  if (!r) {
+    stall(th);
+    return;
+  }
   r->base.kind = READ_CATCHUP;
   r->th = th;
   uint64_t missing = upto - th->last - 1;
   size_t limit = missing < (uint64_t)th->w->cfg->history_size ? (size_t)missing : (size_t)th->w->cfg->history_size;
   if (bus_history(th->w->bus, th->t->name, th->t->len, th->last, limit, r) != BUS_OK) {
     free(r);
+    stall(th);
     return;
   }
   metric_add(th->w->m, M_HISTORY_CATCHUPS, 1);
@@ -218,16 +231,22 @@ static void on_catchup(struct catchup *r, int err, const struct bus_history *h) 
   free(r);
   if (!th) return;
   th->reading = NULL;
-  if (err == BUS_OK && strcmp(h->epoch, th->epoch) == 0) {
+  if (err != BUS_OK) { /* Redis is not there now: wait, and try again */
+    stall(th);
+    return;
+  }
+  if (strcmp(h->epoch, th->epoch) == 0) {
     for (size_t i = 0; i < h->count; i++) {
       const struct bus_msg *m = &h->msgs[i];
       if (m->offset <= th->last) continue;
       th->last = m->offset;
-      broadcast(th->w, th->t, m->payload, m->plen, 0, m->offset);
+      struct bus_pos mp = {.offset = m->offset};
+      memcpy(mp.epoch, th->epoch, sizeof(mp.epoch));
+      broadcast(th->w, th->t, m->payload, m->plen, 0, &mp);
     }
   }
-  /* What the read could not give (trimmed, another epoch, Redis down) is
-   * lost for the live subscribers here: accept the gap, go on. */
+  /* What the history no longer holds (trimmed, another epoch) is lost for
+   * the live subscribers here: the jump in offsets shows it; go on. */
   if (th->held && is_gap(th, &th->held->pos)) {
     struct held_msg *m = pop_held(th);
     deliver_now(th, m->payload, m->plen, m->is_json, &m->pos);
@@ -242,10 +261,10 @@ void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const ch
   if (!t) return;
   struct topic_hist *th = t->ext;
   if (!pos || !th) {
-    broadcast(w, t, payload, plen, is_json, pos ? pos->offset : 0);
+    broadcast(w, t, payload, plen, is_json, pos);
     return;
   }
-  if (!th->reading && !is_gap(th, pos)) {
+  if (!th->reading && !th->stalled && !is_gap(th, pos)) {
     deliver_now(th, payload, plen, is_json, pos);
     return;
   }
@@ -257,6 +276,10 @@ void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const ch
   log_warn("history_catchup_overflow", "topic %s: too much arrived while catching up", th->t->name);
   if (th->reading) th->reading->th = NULL;
   th->reading = NULL;
+  if (th->stalled) {
+    th->stalled = 0;
+    w->history_stalled--;
+  }
   while (th->held) {
     struct held_msg *m = pop_held(th);
     deliver_now(th, m->payload, m->plen, m->is_json, &m->pos);
@@ -268,13 +291,28 @@ void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const ch
 static void catchup_one(void *arg, const struct topic *t) {
   (void)arg;
   struct topic_hist *th = t->ext;
-  if (!th || !th->epoch[0] || th->reading) return;
+  if (!th || !th->epoch[0] || th->reading || th->stalled) return;
   /* everything after the last offset delivered here, up to the window */
   start_catchup(th, th->last + (uint64_t)th->w->cfg->history_size + 1);
 }
 
 void recovery_resynced(struct worker *w) {
   if (w->cfg->history_size > 0) topics_each(&w->topics, catchup_one, NULL);
+}
+
+static void retry_one(void *arg, const struct topic *t) {
+  (void)arg;
+  struct topic_hist *th = t->ext;
+  if (!th || !th->stalled) return;
+  th->stalled = 0;
+  th->w->history_stalled--;
+  uint64_t upto = th->held ? th->held->pos.offset : th->last + (uint64_t)th->w->cfg->history_size + 1;
+  start_catchup(th, upto);
+  if (!th->stalled) release_held(th);
+}
+
+void recovery_tick(struct worker *w) {
+  if (w->history_stalled) topics_each(&w->topics, retry_one, NULL);
 }
 
 /* ---- subscription level ---- */
@@ -414,7 +452,9 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
         for (size_t i = 0; i < h->count; i++) {
           const struct bus_msg *m = &h->msgs[i];
           if (m->offset <= r->since.offset) continue;
-          struct sbuf *f = broadcast_frame_for(c, t->name, t->len, m->payload, m->plen, 0, m->offset);
+          struct bus_pos mp = {.offset = m->offset};
+          snprintf(mp.epoch, sizeof(mp.epoch), "%s", h->epoch);
+          struct sbuf *f = broadcast_frame_for(c, t->name, t->len, m->payload, m->plen, 0, &mp);
           if (f) send_frame_to(c, s, f, m->offset);
           sbuf_unref(f);
         }

@@ -53,6 +53,10 @@ void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const ch
 /* The bus re-subscribed after an interruption: catch up every topic. */
 void recovery_resynced(struct worker *w);
 
+/* Once a tick: tries again the catch-ups the bus could not answer (their
+ * topics' live messages wait meanwhile, up to a bound). */
+void recovery_tick(struct worker *w);
+
 /* After a subscribe of c to a topic with history (s is its subscription):
  * reads the history and answers later.  A new subscription holds its live
  * frames until then and, with since, is sent what it missed; an existing

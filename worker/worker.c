@@ -16,6 +16,7 @@
 #include "auth_load.h"
 #include "bus.h"
 #include "pubsub.h"
+#include "recovery.h"
 #include "slow.h"
 #include "conn.h"
 #include "ws.h"
@@ -127,6 +128,7 @@ static void on_tick(uv_timer_t *t) {
     else slow_tick(c, now);
   });
   if (!w->shutting_down && w->ticks % (uint64_t)w->cfg->ping_interval == 0) heartbeat(w);
+  recovery_tick(w);
   metric_gauge(w->m, G_TOPICS, (int64_t)w->topics.ntopics);
   metric_gauge(w->m, G_REDIS_CONNECTED, bus_ready(w->bus));
 }

@@ -61,6 +61,7 @@ struct worker {
   uint64_t flush_now_us; /* uv_hrtime()/1000 at the latest write to the kernel (consumed()) */
   uint64_t next_conn_id;
   size_t nconns; /* accepted and not yet freed from the loop */
+  size_t history_stalled; /* topics whose catch-up waits for the bus (recovery.c) */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */
 };
 

@@ -15,6 +15,7 @@ waits for a fact (a reply, a count, a log line) and has a deadline.
 """
 import asyncio
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ class Peer:
         self.msgs = []
         self.notes = []
         self.replies = []
+        self.first_epochs = []  # "epoch" of every notification with offset 1
         self.close_code = None
         self.close_reason = None
         self.closed_at = None  # time.monotonic() when the close was seen
@@ -60,6 +62,12 @@ class Peer:
                 assert isinstance(raw, str), f"{self.name}: a binary message {raw!r}"
                 m = json.loads(raw)
                 self.msgs.append(m)
+                if m.get("type") == "notification" and m.get("offset") == 1:
+                    # the first message of an epoch names it; kept aside so
+                    # that notes compare with note()
+                    epoch = m.pop("epoch", None)
+                    assert isinstance(epoch, str) and re.fullmatch(r"[A-Za-z0-9-]{1,32}", epoch), m
+                    self.first_epochs.append(epoch)
                 (self.notes if m.get("type") == "notification" else self.replies).append(m)
                 self._changed.set()
         except websockets.ConnectionClosed:
