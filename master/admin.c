@@ -1,545 +1,343 @@
 #include "admin.h"
 
-#include <stdarg.h>
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "../common/log.h"
-#include "../common/frame.h"
 #include "../common/http.h"
-#include "../worker/worker.h"
+#include "../common/log.h"
+#include "admin_conn.h"
+#include "admin_metrics.h"
+#include "admin_status.h"
 
-extern const char admin_status_html[];
-
-#define ADMIN_HEAD_MAX 8192
-#define ADMIN_CONNS_MAX 256                /* scrapers and status pages at once */
-#define ADMIN_REQUEST_TIMEOUT_MS 10000     /* a whole request must arrive by then */
-#define ADMIN_WS_QUEUE_MAX (256 * 1024)    /* a status page this far behind is dropped */
-#define ADMIN_SNAPSHOT_GAP_MS 500          /* no tick snapshot this soon after the last one */
-
-struct aconn {
-  struct admin *a;
-  uv_tcp_t tcp;
-  struct aconn *prev, *next;
-  size_t len;
-  int ws;      /* a status page's WebSocket: 1 open, 2 close sent */
-  int closing;
-  uint64_t accepted; /* uv_now at accept, for the request deadline */
-  uint64_t snap_at;  /* uv_now of the last snapshot sent */
-  char buf[ADMIN_HEAD_MAX];
-};
-
-struct admin {
-  uv_loop_t *loop;
-  const struct admin_view *view;
-  uv_tcp_t listener;
-  uv_timer_t tick;
-  struct aconn *conns;
-  int nconns;
-  int handles; /* open handles (listener, timer, connections): freed at 0 */
-};
+#define ADMIN_CONNS_MAX 256            /* scrapers and status pages at once */
+#define ADMIN_REQUEST_TIMEOUT_MS 10000 /* a whole request must arrive by then */
+#define ADMIN_TICK_MS 250              /* deadlines and status snapshots: their resolution */
+#define ADMIN_BACKLOG 128
+#define ADMIN_RESPONSE_HEAD_MAX 256
+#define ADMIN_HOST_MAX 128
+#define ADMIN_WHY_MAX 128 /* the /readyz line */
 
 static void handle_closed(struct admin *a) {
+  assert(a->handles > 0);
   if (--a->handles == 0) free(a);
-}
-
-/* ---- a growable string ---- */
-
-struct sb {
-  char *p;
-  size_t len, cap;
-  int oom;
-};
-
-static void sb_printf(struct sb *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sb *s, const char *fmt, ...) {
-  if (s->oom) return;
-  for (;;) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(s->p ? s->p + s->len : NULL, s->p ? s->cap - s->len : 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (s->p && s->len + (size_t)n < s->cap) {
-      s->len += (size_t)n;
-      return;
-    }
-    size_t ncap = (s->cap ? s->cap * 2 : 4096) + (size_t)n;
-    char *np = realloc(s->p, ncap);
-    if (!np) {
-      s->oom = 1;
-      return;
-    }
-    s->p = np;
-    s->cap = ncap;
-  }
-}
-
-/* ---- reading shared memory ---- */
-
-static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-
-/* A slot's total over all its rows (workers retired by reloads keep their
- * totals in theirs), so the slot's counters never go down. */
-static uint64_t slot_counter(const struct admin_view *v, int slot, int k) {
-  const struct shm *s = v->shm;
-  uint64_t t = 0;
-  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots) t += load64(&s->rows[r].m.c[k]);
-  return t;
-}
-
-/* A gauge: of the slot's current worker, or (all) summed with those still
- * draining after a reload; rows of exited workers are zeroed by the master. */
-static int64_t slot_gauge(const struct admin_view *v, int slot, int k, int all) {
-  const struct shm *s = v->shm;
-  if (!all) return __atomic_load_n(&s->rows[v->row[slot]].m.g[k], __ATOMIC_RELAXED);
-  int64_t t = 0;
-  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots)
-    t += __atomic_load_n(&s->rows[r].m.g[k], __ATOMIC_RELAXED);
-  return t;
-}
-
-static const struct {
-  int k;
-  const char *name, *help;
-} counters[] = {
-    {M_CONNECTIONS_TOTAL, "tidings_connections_total", "WebSocket connections opened."},
-    {M_MESSAGES_IN, "tidings_messages_received_total", "WebSocket data messages received from clients."},
-    {M_BYTES_IN, "tidings_received_bytes_total", "Bytes received from clients, as on the wire."},
-    {M_BYTES_OUT, "tidings_sent_bytes_total", "Bytes sent to clients, as on the wire (after compression)."},
-    {M_BYTES_OUT_RAW, "tidings_notification_bytes_total", "Notification bytes queued to subscribers, before compression."},
-    {M_PUBLISHES, "tidings_publishes_total", "Publishes from clients accepted by Redis."},
-    {M_PUBLISH_ERRORS, "tidings_publish_errors_total", "Publishes answered with an error (Redis unavailable)."},
-    {M_BUS_MESSAGES, "tidings_bus_messages_total", "Messages received from Redis."},
-    {M_DELIVERIES, "tidings_deliveries_total", "Notifications queued to subscribers."},
-    {M_SLOW_DROPPED, "tidings_slow_dropped_total", "Notifications skipped for subscribers over --max-queued-bytes."},
-    {M_SLOW_DISCONNECTS, "tidings_slow_disconnects_total", "Subscribers disconnected (1013) for being slow."},
-    {M_RATE_LIMITED, "tidings_rate_limited_total", "Messages refused by the per-connection rate limit."},
-    {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total", "Redis connections re-established after a loss."},
-};
-
-char *admin_metrics_text(const struct admin_view *v, size_t *len) {
-  struct sb s = {0};
-  sb_printf(&s, "# HELP tidings_connections Open WebSocket connections.\n"
-                "# TYPE tidings_connections gauge\n");
-  for (int i = 0; i < v->nslots; i++)
-    sb_printf(&s, "tidings_connections{worker=\"%d\"} %lld\n", i + 1,
-              (long long)slot_gauge(v, i, G_CONNECTIONS, 1));
-  sb_printf(&s, "# HELP tidings_redis_connected 1 when the worker's Redis connections are up.\n"
-                "# TYPE tidings_redis_connected gauge\n");
-  for (int i = 0; i < v->nslots; i++)
-    sb_printf(&s, "tidings_redis_connected{worker=\"%d\"} %lld\n", i + 1,
-              v->pid[i] ? (long long)slot_gauge(v, i, G_REDIS_CONNECTED, 0) : 0LL);
-  sb_printf(&s, "# HELP tidings_topics Topics with local subscribers.\n"
-                "# TYPE tidings_topics gauge\n");
-  for (int i = 0; i < v->nslots; i++)
-    sb_printf(&s, "tidings_topics{worker=\"%d\"} %lld\n", i + 1,
-              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL);
-  sb_printf(&s, "# HELP tidings_worker_up 1 when a worker runs in the slot.\n"
-                "# TYPE tidings_worker_up gauge\n");
-  for (int i = 0; i < v->nslots; i++)
-    sb_printf(&s, "tidings_worker_up{worker=\"%d\"} %d\n", i + 1, v->pid[i] ? 1 : 0);
-  for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
-    sb_printf(&s, "# HELP %s %s\n# TYPE %s counter\n", counters[k].name, counters[k].help,
-              counters[k].name);
-    for (int i = 0; i < v->nslots; i++)
-      sb_printf(&s, "%s{worker=\"%d\"} %llu\n", counters[k].name, i + 1,
-                (unsigned long long)slot_counter(v, i, counters[k].k));
-  }
-  sb_printf(&s, "# HELP tidings_handshakes_rejected_total Connections refused before or at the "
-                "handshake, by reason.\n# TYPE tidings_handshakes_rejected_total counter\n");
-  for (int r = 0; r < REJECT__COUNT; r++) {
-    uint64_t t = 0;
-    for (int i = 0; i < v->nslots; i++) t += slot_counter(v, i, M_REJECT_FIRST + r);
-    sb_printf(&s, "tidings_handshakes_rejected_total{reason=\"%s\"} %llu\n",
-              reject_name((enum reject_reason)r), (unsigned long long)t);
-  }
-  sb_printf(&s, "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
-                "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
-            (unsigned long long)__atomic_load_n(&v->shm->worker_restarts, __ATOMIC_RELAXED));
-  /* the histogram: cumulative buckets over every row */
-  uint64_t b[METRIC_LAT_BUCKETS] = {0}, sum = 0, count = 0;
-  for (unsigned r = 0; r < v->shm->nrows; r++) {
-    const struct metrics *m = &v->shm->rows[r].m;
-    for (int i = 0; i < METRIC_LAT_BUCKETS; i++) b[i] += load64(&m->lat[i]);
-    sum += load64(&m->lat_sum_us);
-    count += load64(&m->lat_count);
-  }
-  sb_printf(&s, "# HELP tidings_delivery_latency_seconds Time from a message's arrival from "
-                "Redis to its frame's hand-over to the kernel.\n"
-                "# TYPE tidings_delivery_latency_seconds histogram\n");
-  uint64_t cum = 0;
-  for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
-    cum += b[i];
-    if (i == METRIC_LAT_BUCKETS - 1)
-      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
-                (unsigned long long)cum);
-    else
-      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
-                metric_lat_bounds_us[i] / 1e6, (unsigned long long)cum);
-  }
-  sb_printf(&s, "tidings_delivery_latency_seconds_sum %.6f\ntidings_delivery_latency_seconds_count %llu\n",
-            sum / 1e6, (unsigned long long)count);
-  if (s.oom) {
-    free(s.p);
-    return NULL;
-  }
-  *len = s.len;
-  return s.p;
-}
-
-char *admin_snapshot_json(const struct admin_view *v, size_t *len) {
-  struct sb s = {0};
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"workers\":[", ts.tv_sec + ts.tv_nsec / 1e9,
-            (unsigned long long)__atomic_load_n(&v->shm->worker_restarts, __ATOMIC_RELAXED));
-  for (int i = 0; i < v->nslots; i++) {
-    sb_printf(&s,
-              "%s{\"worker\":%d,\"pid\":%d,\"up\":%s,\"redis\":%s,\"connections\":%lld,"
-              "\"topics\":%lld,\"messages_in\":%llu,\"deliveries\":%llu,\"publishes\":%llu,"
-              "\"bytes_in\":%llu,\"bytes_out\":%llu,\"slow_dropped\":%llu,\"rate_limited\":%llu}",
-              i ? "," : "", i + 1, v->pid[i], v->pid[i] ? "true" : "false",
-              v->pid[i] && slot_gauge(v, i, G_REDIS_CONNECTED, 0) ? "true" : "false",
-              (long long)slot_gauge(v, i, G_CONNECTIONS, 1),
-              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL,
-              (unsigned long long)slot_counter(v, i, M_MESSAGES_IN),
-              (unsigned long long)slot_counter(v, i, M_DELIVERIES),
-              (unsigned long long)slot_counter(v, i, M_PUBLISHES),
-              (unsigned long long)slot_counter(v, i, M_BYTES_IN),
-              (unsigned long long)slot_counter(v, i, M_BYTES_OUT),
-              (unsigned long long)slot_counter(v, i, M_SLOW_DROPPED),
-              (unsigned long long)slot_counter(v, i, M_RATE_LIMITED));
-  }
-  sb_printf(&s, "]}");
-  if (s.oom) {
-    free(s.p);
-    return NULL;
-  }
-  *len = s.len;
-  return s.p;
-}
-
-static int ready(const struct admin_view *v, char *why, size_t n) {
-  for (int i = 0; i < v->nslots; i++) {
-    if (!v->pid[i]) {
-      snprintf(why, n, "worker %d is not running\n", i + 1);
-      return 0;
-    }
-    if (!slot_gauge(v, i, G_LISTENING, 0)) {
-      snprintf(why, n, "worker %d is not listening yet\n", i + 1);
-      return 0;
-    }
-    if (!slot_gauge(v, i, G_REDIS_CONNECTED, 0)) {
-      snprintf(why, n, "worker %d is not connected to Redis\n", i + 1);
-      return 0;
-    }
-  }
-  snprintf(why, n, "ready\n");
-  return 1;
 }
 
 /* ---- connections ---- */
 
-static void on_aclose(uv_handle_t *h) {
+static void on_close(uv_handle_t *h) {
   struct aconn *c = h->data;
   struct admin *a = c->a;
-  if (c->prev) c->prev->next = c->next;
-  else a->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    a->conns = c->next;
   if (c->next) c->next->prev = c->prev;
-  c->a->nconns--;
+  a->nconns--;
+  assert(a->nconns >= 0);
   free(c);
   handle_closed(a);
 }
 
-static void aclose(struct aconn *c) {
+void admin__close(struct aconn *c) {
   if (c->closing) return;
   c->closing = 1;
-  uv_close((uv_handle_t *)&c->tcp, on_aclose);
+  uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+void admin__set_state(struct aconn *c, enum aconn_state s) {
+  assert(s > c->state);
+  c->state = s;
+  c->since = uv_now(c->a->loop);
+  if (s == ACONN_ANSWERED || s == ACONN_WS_CLOSING) c->len = 0;
 }
 
 struct wreq {
   uv_write_t req;
   struct aconn *c;
   int close_after;
-  size_t len;
   char data[];
 };
 
-static void on_awrite(uv_write_t *req, int status) {
+static void on_write(uv_write_t *req, int status) {
   struct wreq *w = (struct wreq *)req;
-  if ((status < 0 || w->close_after) && !w->c->closing) aclose(w->c);
+  if (status < 0 || w->close_after) admin__close(w->c);
   free(w);
 }
 
-static void asend(struct aconn *c, const char *head, size_t hlen, const char *body, size_t blen,
-                  int close_after) {
-  if (c->closing) return;
+int admin__send(struct aconn *c, const void *head, size_t hlen, const void *body, size_t blen,
+                int close_after) {
+  if (c->closing) return UV_ECANCELED;
   struct wreq *w = malloc(sizeof(*w) + hlen + blen);
   if (!w) {
-    aclose(c);
-    return;
+    admin__close(c);
+    return UV_ENOMEM;
   }
   w->c = c;
   w->close_after = close_after;
-  memcpy(w->data, head, hlen);
+  if (hlen) memcpy(w->data, head, hlen);
   if (blen) memcpy(w->data + hlen, body, blen);
   uv_buf_t b = uv_buf_init(w->data, (unsigned)(hlen + blen));
-  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_awrite) != 0) {
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc < 0) {
     free(w);
-    aclose(c);
+    admin__close(c);
   }
+  return rc;
 }
 
+/* ---- HTTP ---- */
+
+/* A write failure closes the connection (admin__send), so the responders
+ * return nothing. */
 static void respond(struct aconn *c, int status, const char *ctype, const char *body, size_t blen) {
-  char head[256];
+  char head[ADMIN_RESPONSE_HEAD_MAX];
   int n = snprintf(head, sizeof(head),
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
                    status, http_reason(status), ctype, blen);
-  asend(c, head, (size_t)n, body, blen, 1);
+  assert(n > 0 && (size_t)n < sizeof(head));
+  admin__set_state(c, ACONN_ANSWERED);
+  admin__send(c, head, (size_t)n, body, blen, 1);
 }
 
-static int path_is(struct http_str p, const char *lit) {
-  return p.n == strlen(lit) && memcmp(p.p, lit, p.n) == 0;
+static void respond_text(struct aconn *c, int status, const char *text) {
+  respond(c, status, "text/plain", text, strlen(text));
 }
 
-static void send_snapshot(struct aconn *c) {
-  size_t n;
-  char *json = admin_snapshot_json(c->a->view, &n);
-  if (!json) return;
-  c->snap_at = uv_now(c->a->loop);
-  uint8_t h[FRAME_HEADER_MAX];
-  size_t hl = frame_header(h, FRAME_TEXT, 0, n);
-  asend(c, (const char *)h, hl, json, n, 0);
-  free(json);
+static int str_is(struct http_str s, const char *lit) {
+  return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0;
 }
 
-static void handle(struct aconn *c, const struct http_request *req) {
+static void route(struct aconn *c, const struct http_request *req) {
   const struct admin_view *v = c->a->view;
-  char why[128];
-  if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
-    respond(c, 405, "text/plain", "Method not allowed\n", 19);
-    return;
-  }
-  if (path_is(req->path, "/metrics")) {
+  if (!str_is(req->method, "GET")) {
+    respond_text(c, 405, "Method not allowed\n");
+  } else if (str_is(req->path, "/metrics")) {
     size_t n;
-    char *text = admin_metrics_text(v, &n);
-    if (!text) {
-      respond(c, 500, "text/plain", "out of memory\n", 14);
+    char *text;
+    int rc = admin_metrics_text(v, &text, &n);
+    if (rc < 0) {
+      log_warn("admin_metrics_failed", "/metrics: %s", uv_strerror(rc));
+      respond_text(c, 500, "out of memory\n");
       return;
     }
     respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
     free(text);
-  } else if (path_is(req->path, "/healthz")) {
-    int any = 0;
-    for (int i = 0; i < v->nslots; i++) any |= v->pid[i] != 0;
-    if (any) respond(c, 200, "text/plain", "ok\n", 3);
-    else respond(c, 503, "text/plain", "no worker running\n", 18);
-  } else if (path_is(req->path, "/readyz")) {
-    int ok = ready(v, why, sizeof(why));
-    respond(c, ok ? 200 : 503, "text/plain", why, strlen(why));
-  } else if (path_is(req->path, "/status") || path_is(req->path, "/")) {
+  } else if (str_is(req->path, "/healthz")) {
+    if (admin_metrics_healthy(v))
+      respond_text(c, 200, "ok\n");
+    else
+      respond_text(c, 503, "no worker running\n");
+  } else if (str_is(req->path, "/readyz")) {
+    char why[ADMIN_WHY_MAX];
+    int ok = admin_metrics_ready(v, why, sizeof(why));
+    respond_text(c, ok ? 200 : 503, why);
+  } else if (str_is(req->path, "/status") || str_is(req->path, "/")) {
     respond(c, 200, "text/html; charset=utf-8", admin_status_html, strlen(admin_status_html));
-  } else if (path_is(req->path, "/status/ws")) {
-    const char *reason;
-    if (http_check_upgrade(req, &reason) != 0) {
-      respond(c, 400, "text/plain", "WebSocket upgrade expected\n", 27);
-      return;
-    }
-    char accept[29], head[256];
-    http_accept_key(req->ws_key, accept);
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     accept);
-    asend(c, head, (size_t)n, NULL, 0, 0);
-    c->ws = 1;
-    c->len = 0; /* the page sends nothing before it has the 101 */
-    send_snapshot(c);
+  } else if (str_is(req->path, "/status/ws")) {
+    const char *why;
+    if (http_check_upgrade(req, &why) != 0)
+      respond_text(c, 400, "WebSocket upgrade expected\n");
+    else
+      admin_status_open(c, req->ws_key);
   } else {
-    respond(c, 404, "text/plain", "Not found\n", 10);
+    respond_text(c, 404, "Not found\n");
   }
 }
 
-static void on_aalloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+static void http_input(struct aconn *c) {
+  struct http_request req;
+  int r = http_parse_request(c->buf, c->len, &req);
+  if (r == HTTP_INCOMPLETE) {
+    if (c->len == sizeof(c->buf)) respond_text(c, 431, "Too large\n");
+    return;
+  }
+  if (r < 0) {
+    respond_text(c, 400, "Bad request\n");
+    return;
+  }
+  route(c, &req);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   struct aconn *c = h->data;
   *buf = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - c->len));
 }
 
-/* The status page only listens, but its socket still speaks RFC 6455:
- * pings are answered, a close is echoed before the TCP close, anything
- * malformed or large ends it. */
-static void ws_control(struct aconn *c, int opcode, const uint8_t *payload, size_t n) {
-  uint8_t h[FRAME_HEADER_MAX];
-  size_t hl = frame_header(h, opcode, 0, n);
-  asend(c, (const char *)h, hl, (const char *)payload, n, opcode == FRAME_CLOSE);
-  if (opcode == FRAME_CLOSE) c->ws = 2; /* nothing may follow a close */
-}
-
-static void ws_fail(struct aconn *c, uint16_t code) {
-  uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
-  ws_control(c, FRAME_CLOSE, p, 2);
-}
-
-static void ws_input(struct aconn *c) {
-  uint8_t *b = (uint8_t *)c->buf;
-  size_t off = 0;
-  while (!c->closing && c->len - off >= 2) {
-    uint8_t b0 = b[off], b1 = b[off + 1];
-    size_t h = 2;
-    uint64_t n = b1 & 0x7f;
-    if (!(b1 & 0x80) || (b0 & 0x70)) {
-      ws_fail(c, 1002); /* unmasked, or reserved bits */
-      return;
-    }
-    if (n == 126) {
-      if (c->len - off < 4) break;
-      n = ((uint64_t)b[off + 2] << 8) | b[off + 3];
-      h = 4;
-    } else if (n == 127) {
-      ws_fail(c, 1009);
-      return;
-    }
-    if (n > 1024) {
-      ws_fail(c, 1009);
-      return;
-    }
-    if (c->len - off < h + 4 + n) break;
-    uint8_t *mask = b + off + h, *p = mask + 4;
-    for (size_t i = 0; i < n; i++) p[i] ^= mask[i & 3];
-    int op = b0 & 0x0f;
-    if (op == FRAME_CLOSE) {
-      ws_control(c, FRAME_CLOSE, p, n >= 2 ? 2 : 0);
-      return;
-    }
-    if (op == FRAME_PING) ws_control(c, FRAME_PONG, p, n);
-    off += h + 4 + (size_t)n;
-  }
-  memmove(c->buf, c->buf + off, c->len - off);
-  c->len -= off;
-  if (c->len == sizeof(c->buf)) ws_fail(c, 1009);
-}
-
-static void on_aread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   struct aconn *c = s->data;
   if (nread < 0) {
-    aclose(c);
+    if (nread != UV_EOF && nread != UV_ECONNRESET)
+      log_debug("admin_read_failed", "admin connection: %s", uv_strerror((int)nread));
+    admin__close(c);
     return;
   }
   if (nread == 0 || c->closing) return;
   c->len += (size_t)nread;
-  if (c->ws) {
-    ws_input(c);
-    return;
+  assert(c->len <= sizeof(c->buf));
+  switch (c->state) {
+    case ACONN_HTTP:
+      http_input(c);
+      break;
+    case ACONN_WS:
+      admin_status_input(c);
+      break;
+    case ACONN_ANSWERED:
+    case ACONN_WS_CLOSING:
+      c->len = 0;
+      break;
   }
-  struct http_request req;
-  int r = http_parse_request(c->buf, c->len, &req);
-  if (r == HTTP_INCOMPLETE) {
-    if (c->len == sizeof(c->buf)) respond(c, 431, "text/plain", "Too large\n", 10);
-    return;
-  }
-  if (r < 0) {
-    respond(c, 400, "text/plain", "Bad request\n", 12);
-    return;
-  }
-  handle(c, &req);
 }
 
-static void on_aconn(uv_stream_t *server, int status) {
-  struct admin *a = server->data;
-  if (status < 0) return;
+/* Takes one connection from the listener's backlog.  Without memory for
+ * it, it stays there (libuv stops watching the listener until uv_accept()
+ * is called) and the next tick tries again. */
+static void accept_one(struct admin *a) {
   struct aconn *c = calloc(1, sizeof(*c));
-  if (!c) return;
+  int rc = c ? uv_tcp_init(a->loop, &c->tcp) : UV_ENOMEM;
+  if (rc < 0) {
+    if (!a->accept_pending)
+      log_error("admin_accept_failed", "admin connection left waiting: %s", uv_strerror(rc));
+    a->accept_pending = 1;
+    free(c);
+    return;
+  }
+  a->accept_pending = 0;
   c->a = a;
-  c->accepted = uv_now(a->loop);
-  uv_tcp_init(a->loop, &c->tcp);
+  c->accepted = c->since = uv_now(a->loop);
+  c->tcp.data = c;
   a->handles++;
   a->nconns++;
-  c->tcp.data = c;
   c->next = a->conns;
   if (a->conns) a->conns->prev = c;
   a->conns = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || a->nconns > ADMIN_CONNS_MAX) {
-    aclose(c);
+  rc = uv_accept((uv_stream_t *)&a->listener, (uv_stream_t *)&c->tcp);
+  if (rc < 0) {
+    log_warn("admin_accept_failed", "admin connection: %s", uv_strerror(rc));
+    admin__close(c);
     return;
   }
-  uv_read_start((uv_stream_t *)&c->tcp, on_aalloc, on_aread);
+  if (a->nconns > ADMIN_CONNS_MAX) {
+    log_debug("admin_full", "admin connection refused: %d open", ADMIN_CONNS_MAX);
+    admin__close(c);
+    return;
+  }
+  rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc < 0) {
+    log_warn("admin_read_failed", "admin connection: %s", uv_strerror(rc));
+    admin__close(c);
+  }
 }
 
-/* Once a second: status pages get a snapshot, unless they stopped reading
- * (then they are dropped rather than queued for); requests that have not
- * arrived within the deadline are closed. */
-static void on_atick(uv_timer_t *t) {
+static void on_connection(uv_stream_t *server, int status) {
+  struct admin *a = server->data;
+  if (status < 0) {
+    log_warn("admin_accept_failed", "admin listener: %s", uv_strerror(status));
+    return;
+  }
+  accept_one(a);
+}
+
+/* Every ADMIN_TICK_MS: a connection left waiting for memory is accepted,
+ * requests that have not arrived within the deadline are closed, and status
+ * pages get what admin_status_tick() decides. */
+static void on_tick(uv_timer_t *t) {
   struct admin *a = t->data;
   uint64_t now = uv_now(a->loop);
+  if (a->accept_pending) accept_one(a);
   for (struct aconn *c = a->conns; c; c = c->next) {
     if (c->closing) continue;
-    if (c->ws == 1) {
-      if (c->tcp.write_queue_size > ADMIN_WS_QUEUE_MAX) aclose(c);
-      else if (now - c->snap_at >= ADMIN_SNAPSHOT_GAP_MS) send_snapshot(c);
-    } else if (!c->ws && now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) {
-      aclose(c);
+    switch (c->state) {
+      case ACONN_HTTP:
+      case ACONN_ANSWERED:
+        if (now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) admin__close(c);
+        break;
+      case ACONN_WS:
+      case ACONN_WS_CLOSING:
+        admin_status_tick(c, now);
+        break;
     }
   }
 }
 
 static void on_admin_handle_closed(uv_handle_t *h) { handle_closed(h->data); }
 
-struct admin *admin_start(uv_loop_t *loop, const char *listen, const struct admin_view *view,
-                          char *err, size_t errlen) {
-  char host[128];
+/* "host:port", "[v6]:port": a numeric address only, so that starting never
+ * waits on DNS.  Returns 0 or UV_EINVAL with one line in err. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *err, size_t errlen) {
   const char *colon = strrchr(listen, ':');
   if (!colon || colon == listen) {
     snprintf(err, errlen, "--admin-listen expects host:port, got '%s'", listen);
-    return NULL;
+    return UV_EINVAL;
   }
+  char host[ADMIN_HOST_MAX];
   size_t hl = (size_t)(colon - listen);
-  if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']') {
+  if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']')
     snprintf(host, sizeof(host), "%.*s", (int)(hl - 2), listen + 1);
-  } else {
+  else
     snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
-  }
   char *end;
   long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535) {
+  if (end == colon + 1 || *end || port < 0 || port > 65535) {
     snprintf(err, errlen, "--admin-listen: bad port in '%s'", listen);
-    return NULL;
+    return UV_EINVAL;
   }
-  struct sockaddr_storage ss;
-  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) != 0 &&
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) != 0) {
     snprintf(err, errlen, "--admin-listen: '%s' is not a numeric address", host);
-    return NULL;
+    return UV_EINVAL;
   }
+  return 0;
+}
+
+int admin_start(uv_loop_t *loop, const char *listen, const struct admin_view *view,
+                struct admin **out, char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  int rc = parse_listen(listen, &ss, err, errlen);
+  if (rc < 0) return rc;
   struct admin *a = calloc(1, sizeof(*a));
-  if (!a) return NULL;
+  if (!a) {
+    snprintf(err, errlen, "--admin-listen: out of memory");
+    return UV_ENOMEM;
+  }
   a->loop = loop;
   a->view = view;
-  uv_tcp_init(loop, &a->listener);
+  rc = uv_tcp_init(loop, &a->listener);
+  if (rc < 0) {
+    snprintf(err, errlen, "--admin-listen: %s", uv_strerror(rc));
+    free(a); /* a handle whose init failed is not in the loop */
+    return rc;
+  }
   a->handles = 1;
   a->listener.data = a;
-  int rc = uv_tcp_bind(&a->listener, (struct sockaddr *)&ss, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->listener, 128, on_aconn);
-  if (rc != 0) {
+  rc = uv_tcp_bind(&a->listener, (struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->listener, ADMIN_BACKLOG, on_connection);
+  if (rc == 0) rc = uv_timer_init(loop, &a->tick);
+  if (rc < 0) {
     snprintf(err, errlen, "cannot listen on %s (--admin-listen): %s", listen, uv_strerror(rc));
     uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);
-    return NULL;
+    return rc;
   }
-  uv_timer_init(loop, &a->tick);
   a->handles++;
   a->tick.data = a;
-  uv_timer_start(&a->tick, on_atick, 1000, 1000);
-  return a;
+  rc = uv_timer_start(&a->tick, on_tick, ADMIN_TICK_MS, ADMIN_TICK_MS);
+  if (rc < 0) {
+    snprintf(err, errlen, "--admin-listen: %s", uv_strerror(rc));
+    admin_stop(a);
+    return rc;
+  }
+  *out = a;
+  return 0;
 }
 
 void admin_stop(struct admin *a) {
   if (!a) return;
-  for (struct aconn *c = a->conns; c; c = c->next) aclose(c);
+  assert(a->handles >= 2); /* the listener and the timer are still open */
+  for (struct aconn *c = a->conns; c; c = c->next) admin__close(c);
   uv_close((uv_handle_t *)&a->tick, on_admin_handle_closed);
   uv_close((uv_handle_t *)&a->listener, on_admin_handle_closed);
 }

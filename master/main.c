@@ -1,5 +1,6 @@
 /* tidings: the entry point of the master and of every worker.  The master
  * re-executes this binary for each worker with TIDINGS_WORKER_ID set. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,26 +13,33 @@
 #include "../common/redisaddr.h"
 #include "../worker/auth_load.h"
 #include "../worker/worker.h"
+#include "embedded_redis.h"
 #include "master.h"
 
 #define TIDINGS_VERSION "0.1.0"
+#define EXIT_SHIM_FAILED 127 /* as a shell reports a command it cannot run */
+#define ERR_MAX 256
 
 /* The embedded redis-server is started through this binary so that it is
  * killed with the master even if the master is killed outright: the
  * parent-death signal survives execve. */
 static int exec_shim(char **argv) {
   const char *mp = getenv("TIDINGS_MASTER_PID");
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (mp && getppid() != (pid_t)atoi(mp)) return 1;
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0) {
+    fprintf(stderr, "tidings: cannot tie %s to the master: %s\n", argv[1], strerror(errno));
+    return EXIT_SHIM_FAILED;
+  }
+  /* the master died between fork and here: the signal would never come */
+  if (mp && getppid() != (pid_t)atoi(mp)) return EXIT_FAILURE;
   unsetenv("TIDINGS_EXEC_SHIM");
   execv(argv[1], argv + 1);
-  fprintf(stderr, "tidings: cannot run %s\n", argv[1]);
-  return 127;
+  fprintf(stderr, "tidings: cannot run %s: %s\n", argv[1], strerror(errno));
+  return EXIT_SHIM_FAILED;
 }
 
 int main(int argc, char **argv) {
   struct config cfg;
-  char err[256];
+  char err[ERR_MAX];
   if (getenv("TIDINGS_EXEC_SHIM") && argc > 1) return exec_shim(argv);
   if (config_parse(&cfg, argc, argv, err, sizeof(err)) < 0) {
     fprintf(stderr, "tidings: %s\n", err);
@@ -49,7 +57,7 @@ int main(int argc, char **argv) {
   log_set_json(strcmp(cfg.log_format, "json") == 0);
   if (cfg.workers == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg.workers = n > 0 ? (n > 256 ? 256 : (int)n) : 1;
+    cfg.workers = n > 0 ? (n > MASTER_MAX_WORKERS ? MASTER_MAX_WORKERS : (int)n) : 1;
   }
   const char *wid = getenv("TIDINGS_WORKER_ID");
   if (wid && *wid) return worker_main(&cfg, atoi(wid));
@@ -61,7 +69,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "tidings: %s\n", err);
       return EXIT_CONFIG;
     }
-  } else if (!(redis_server = master_find_redis_server())) {
+  } else if (!(redis_server = embedded_redis_find())) {
     fprintf(stderr,
             "tidings: redis-server not found: install Debian's redis-server package "
             "(apt-get install redis-server) or pass --redis redis://host:port\n");
@@ -83,8 +91,10 @@ int main(int argc, char **argv) {
   if (cfg.jwt_secret[0] || cfg.jwt_secret_file[0] || cfg.jwt_public_key[0])
     log_info("auth_mode", "JWT authentication on (%s): clients need a token", alg);
   else
-    log_info("auth_mode", "no JWT key configured: anonymous access, every client may subscribe and publish");
+    log_info("auth_mode",
+             "no JWT key configured: anonymous access, every client may subscribe and publish");
   if (!cfg.allowed_origins[0])
-    log_info("origin_mode", "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
+    log_info("origin_mode",
+             "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");
   return master_main(&cfg, argc, argv, redis_server);
 }

@@ -1,5 +1,6 @@
 #include "master.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <signal.h>
@@ -7,18 +8,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "../common/backoff.h"
 #include "../common/log.h"
 #include "../common/shm.h"
 #include "admin.h"
+#include "embedded_redis.h"
 
-#define MAX_WORKERS 256
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 30000
-#define STABLE_MS 10000 /* a worker that lived this long resets its backoff */
+#define MAX_WORKERS MASTER_MAX_WORKERS
+_Static_assert(MAX_WORKERS <= ADMIN_MAX_SLOTS, "the admin view has a place for every worker");
+/* Restarting a worker that died: the first restart at once (one crash is
+ * not a crash loop), then after 100 ms doubling up to 30 s; a worker that
+ * lived WORKER_STABLE_MS starts the count again. */
+static const struct backoff worker_backoff = {.min_ms = 100, .max_ms = 30000, .jitter = 0};
+#define WORKER_STABLE_MS 10000
+#define WORKER_SPAWN_RETRY_MS 30000 /* after uv_spawn() itself failed */
+#define RELOAD_DRAIN_AFTER_MS \
+  500                            /* SIGHUP: old workers get SIGTERM this long after the new start */
+#define SHUTDOWN_KILL_MARGIN_S 5 /* SIGKILL what still runs this long after --shutdown-grace */
+#define ENV_PER_SPAWN 2          /* m->env[0], [1]: the worker's id and row, set per spawn */
+#define ENV_OURS 2               /* TIDINGS_MASTER_PID, TIDINGS_REDIS */
+#define VAR_MAX 48
 
 struct master;
 
@@ -26,48 +38,45 @@ struct child {
   struct master *m;
   uv_process_t proc;
   int slot;
-  int retiring; /* replaced by a reload: not restarted */
   int row;      /* its row in shared memory */
+  int retiring; /* replaced by a reload: not restarted */
+  int exited;   /* its pid may belong to someone else now: never signalled */
   uint64_t started;
-  struct child *next;
+  struct child *next; /* in m->children */
 };
 
 struct slot {
-  struct child *current;
-  int row; /* its row in shared memory; a reload moves to the other half */
+  struct master *m;
+  int index;
+  struct child *current; /* the slot's newest worker, NULL while none runs */
+  int row;               /* the row its next worker takes; a reload moves to another */
   uv_timer_t restart;
-  unsigned failures;
+  unsigned failures; /* deaths in a row, for the backoff */
 };
 
 struct master {
   uv_loop_t *loop;
   struct config *cfg;
   char **argv;
-  char **env; /* environ plus our two variables, per slot rebuilt */
+  char **env; /* the workers': see build_env() */
   int nslots;
   struct slot slots[MAX_WORKERS];
-  struct child *children;
+  struct child *children; /* every worker process until its handle is closed */
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t kill_timer;
   int stopping;
+  int finished; /* our handles are closing: uv_run() returns once they are */
   struct shm *shm;
   int shm_fd;
   struct admin_view view; /* what the admin listener reads */
   struct admin *admin;
-  char pidvar[48];
+  char pidvar[VAR_MAX];
   int workers_started;
   /* the embedded redis-server (when --redis is not given) */
   int embedded;
-  const char *redis_server;
-  char redis_dir[64];
-  char redis_sock[100];
-  char redis_env[128];
-  uv_process_t redis_proc;
-  int redis_running, redis_signaled;
-  unsigned redis_failures;
-  uint64_t redis_started;
-  uv_timer_t redis_timer; /* readiness polling and restart backoff */
-  int redis_polls;
+  int redis_stopped;
+  struct embedded_redis redis;
+  char redis_env[sizeof("TIDINGS_REDIS=unix:") + sizeof(((struct embedded_redis *)0)->sock)];
 };
 
 int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
@@ -80,34 +89,49 @@ int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
   int rc = getaddrinfo(cfg->bind, port, &hints, &ai);
   if (rc != 0) {
     snprintf(err, errlen, "cannot use --bind %s: %s", cfg->bind, gai_strerror(rc));
-    return -1;
+    return UV_EINVAL;
   }
   /* Without SO_REUSEPORT, so that a listener of any other process
    * (another tidings included) makes this bind fail. */
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
   int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
            bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-  if (!ok)
-    snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->bind, cfg->port, strerror(errno));
+  int e = errno;
+  if (!ok) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->bind, cfg->port, strerror(e));
   if (fd >= 0) close(fd);
   freeaddrinfo(ai);
-  return ok ? 0 : -1;
+  return ok ? 0 : -e;
 }
 
-static void spawn(struct master *m, int slot);
+static int spawn(struct master *m, int slot);
+
+static void start_timer(uv_timer_t *t, uv_timer_cb cb, uint64_t ms, const char *what) {
+  int rc = uv_timer_start(t, cb, ms, 0);
+  if (rc < 0) log_error("timer_failed", "%s: %s", what, uv_strerror(rc));
+}
+
+static void kill_child(struct child *ch, int sig) {
+  if (ch->exited) return;
+  int rc = uv_process_kill(&ch->proc, sig);
+  if (rc < 0 && rc != UV_ESRCH) /* ESRCH: exiting; on_exit_cb follows */
+    log_warn("worker_kill_failed", "worker %d (pid %d): %s", ch->slot + 1, ch->proc.pid,
+             uv_strerror(rc));
+}
+
+static void signal_children(struct master *m, int sig, int only_retiring) {
+  for (struct child *ch = m->children; ch; ch = ch->next)
+    if (!only_retiring || ch->retiring) kill_child(ch, sig);
+}
 
 /* Once stopping and childless, closing our handles lets uv_run return.
  * The embedded Redis goes last, after every worker has left. */
 static void maybe_finish(struct master *m) {
-  if (!m->stopping || m->children) return;
-  if (m->redis_running) {
-    if (!m->redis_signaled) {
-      m->redis_signaled = 1;
-      uv_process_kill(&m->redis_proc, SIGTERM);
-    }
+  if (!m->stopping || m->children || m->finished) return;
+  if (m->embedded && !m->redis_stopped) {
+    embedded_redis_stop(&m->redis); /* on_redis_stopped() comes back here */
     return;
   }
-  if (m->embedded) uv_close((uv_handle_t *)&m->redis_timer, NULL);
+  m->finished = 1;
   admin_stop(m->admin);
   m->admin = NULL;
   uv_close((uv_handle_t *)&m->sig_term, NULL);
@@ -117,39 +141,46 @@ static void maybe_finish(struct master *m) {
   for (int i = 0; i < m->nslots; i++) uv_close((uv_handle_t *)&m->slots[i].restart, NULL);
 }
 
+/* ---- workers ---- */
+
 static void on_child_closed(uv_handle_t *h) {
   struct child *ch = h->data;
   struct master *m = ch->m;
-  for (struct child **pp = &m->children; *pp; pp = &(*pp)->next) {
-    if (*pp == ch) {
-      *pp = ch->next;
-      break;
-    }
-  }
+  struct child **pp = &m->children;
+  while (*pp && *pp != ch) pp = &(*pp)->next;
+  assert(*pp == ch);
+  *pp = ch->next;
   free(ch);
   maybe_finish(m);
 }
 
+static void on_unspawned_closed(uv_handle_t *h) { free(h->data); }
+
 static void on_restart(uv_timer_t *t) {
-  struct master *m = t->data;
-  for (int i = 0; i < m->nslots; i++)
-    if (&m->slots[i].restart == t && !m->stopping) spawn(m, i);
+  struct slot *s = t->data;
+  assert(!s->m->stopping); /* stopping stops every restart timer */
+  spawn(s->m, s->index);
 }
 
 static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   struct child *ch = p->data;
   struct master *m = ch->m;
+  assert(ch->slot >= 0 && ch->slot < m->nslots && !ch->exited);
   struct slot *s = &m->slots[ch->slot];
+  /* a slot's current worker is only ever replaced by a reload */
+  assert(s->current == ch || ch->retiring);
+  ch->exited = 1;
   uint64_t lived = uv_now(m->loop) - ch->started;
   int pid = p->pid;
   if (m->stopping || ch->retiring) {
     log_info("worker_exit", "worker %d (pid %d) exited with status %lld%s", ch->slot + 1, pid,
              (long long)status, sig ? " after a signal" : "");
   } else if (sig) {
-    log_error("worker_crash", "worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid, sig,
-              strsignal(sig));
+    log_error("worker_crash", "worker %d (pid %d) was killed by signal %d (%s)", ch->slot + 1, pid,
+              sig, strsignal(sig));
   } else {
-    log_error("worker_crash", "worker %d (pid %d) exited with status %lld", ch->slot + 1, pid, (long long)status);
+    log_error("worker_crash", "worker %d (pid %d) exited with status %lld", ch->slot + 1, pid,
+              (long long)status);
   }
   if (s->current == ch) {
     s->current = NULL;
@@ -159,33 +190,41 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   struct shm_row *row = &m->shm->rows[ch->row];
   memset(row->m.g, 0, sizeof(row->m.g));
   memset(row->ipcount, 0, sizeof(row->ipcount));
-  if (!m->stopping && !ch->retiring)
-    __atomic_store_n(&m->shm->worker_restarts, m->shm->worker_restarts + 1, __ATOMIC_RELAXED);
   if (!m->stopping && !ch->retiring) {
-    if (lived >= STABLE_MS) s->failures = 0;
-    uint64_t delay = 0;
-    if (s->failures > 0) {
-      delay = BACKOFF_MIN_MS;
-      for (unsigned i = 1; i < s->failures && delay < BACKOFF_MAX_MS; i++) delay *= 2;
-      if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
-    }
+    __atomic_store_n(&m->shm->worker_restarts, m->shm->worker_restarts + 1, __ATOMIC_RELAXED);
+    if (lived >= WORKER_STABLE_MS) s->failures = 0;
+    uint64_t delay = s->failures ? backoff_delay(&worker_backoff, s->failures - 1, 0) : 0;
     s->failures++;
-    log_info("worker_restart", "restarting worker %d in %llu ms", ch->slot + 1, (unsigned long long)delay);
-    uv_timer_start(&s->restart, on_restart, delay, 0);
+    log_info("worker_restart", "restarting worker %d in %llu ms", ch->slot + 1,
+             (unsigned long long)delay);
+    start_timer(&s->restart, on_restart, delay, "worker restart");
   }
   uv_close((uv_handle_t *)p, on_child_closed);
 }
 
-static void spawn(struct master *m, int slot) {
+/* Starts a worker in the slot.  When it cannot, the slot tries again after
+ * WORKER_SPAWN_RETRY_MS.  Returns 0 or a negative libuv code. */
+static int spawn(struct master *m, int slot) {
+  assert(slot >= 0 && slot < m->nslots && !m->stopping);
+  struct slot *s = &m->slots[slot];
+  assert(!s->current || s->current->retiring);
+  assert(!m->env[0] && !m->env[1]);
   struct child *ch = calloc(1, sizeof(*ch));
-  if (!ch) return;
+  if (!ch) {
+    log_error("worker_spawn_failed", "cannot start worker %d: out of memory", slot + 1);
+    s->failures++;
+    start_timer(&s->restart, on_restart, WORKER_SPAWN_RETRY_MS, "worker restart");
+    return UV_ENOMEM;
+  }
   ch->m = m;
   ch->slot = slot;
+  ch->row = s->row;
   ch->proc.data = ch;
-  char idvar[48], rowvar[48];
+  char idvar[VAR_MAX], rowvar[VAR_MAX];
   snprintf(idvar, sizeof(idvar), "TIDINGS_WORKER_ID=%d", slot + 1);
-  snprintf(rowvar, sizeof(rowvar), "TIDINGS_SHM_ROW=%d", m->slots[slot].row);
-  /* m->env[0] and [1] are reserved for these two */
+  snprintf(rowvar, sizeof(rowvar), "TIDINGS_SHM_ROW=%d", ch->row);
+  /* uv_spawn reads the environment up to its first NULL: these two fill
+   * the gap at its start only while spawning */
   m->env[0] = idvar;
   m->env[1] = rowvar;
   uv_stdio_container_t stdio[4] = {{UV_INHERIT_FD, {.fd = 0}},
@@ -202,122 +241,41 @@ static void spawn(struct master *m, int slot) {
   int rc = uv_spawn(m->loop, &ch->proc, &o);
   m->env[0] = NULL;
   m->env[1] = NULL;
-  if (rc != 0) {
+  if (rc < 0) {
     log_error("worker_spawn_failed", "cannot start worker %d: %s", slot + 1, uv_strerror(rc));
-    free(ch);
-    struct slot *s = &m->slots[slot];
+    /* the handle is the loop's even when the spawn failed */
+    uv_close((uv_handle_t *)&ch->proc, on_unspawned_closed);
     s->failures++;
-    uv_timer_start(&s->restart, on_restart, BACKOFF_MAX_MS, 0);
-    return;
+    start_timer(&s->restart, on_restart, WORKER_SPAWN_RETRY_MS, "worker restart");
+    return rc;
   }
   ch->started = uv_now(m->loop);
   ch->next = m->children;
   m->children = ch;
-  m->slots[slot].current = ch;
-  ch->row = m->slots[slot].row;
+  s->current = ch;
   m->view.row[slot] = ch->row;
   m->view.pid[slot] = ch->proc.pid;
   log_info("worker_start", "worker %d started (pid %d)", slot + 1, ch->proc.pid);
-}
-
-
-/* ---- the embedded redis-server ---- */
-
-static void spawn_redis(struct master *m);
-static void start_workers(struct master *m);
-
-static void on_redis_timer(uv_timer_t *t) {
-  struct master *m = t->data;
-  if (!m->redis_running) {
-    if (!m->stopping) spawn_redis(m);
-    return;
-  }
-  if (m->workers_started) return;
-  /* poll the socket until Redis accepts connections, then start workers */
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", m->redis_sock);
-  int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-  if (fd >= 0) close(fd);
-  if (ok || ++m->redis_polls > 250) {
-    if (!ok) log_warn("redis_embedded_slow", "embedded redis-server not answering after 5 s; starting workers anyway");
-    start_workers(m);
-    return;
-  }
-  uv_timer_start(&m->redis_timer, on_redis_timer, 20, 0);
-}
-
-static void on_redis_exit(uv_process_t *p, int64_t status, int sig) {
-  struct master *m = p->data;
-  m->redis_running = 0;
-  if (m->stopping) {
-    log_info("redis_embedded_exit", "embedded redis-server exited");
-  } else {
-    if (sig) log_error("redis_embedded_crash", "embedded redis-server (pid %d) was killed by signal %d", p->pid, sig);
-    else log_error("redis_embedded_crash", "embedded redis-server (pid %d) exited with status %lld", p->pid, (long long)status);
-    if (uv_now(m->loop) - m->redis_started >= STABLE_MS) m->redis_failures = 0;
-    uint64_t delay = BACKOFF_MIN_MS;
-    for (unsigned i = 0; i < m->redis_failures && delay < BACKOFF_MAX_MS; i++) delay *= 2;
-    if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
-    m->redis_failures++;
-    log_info("redis_embedded_restart", "restarting embedded redis-server in %llu ms", (unsigned long long)delay);
-    uv_timer_start(&m->redis_timer, on_redis_timer, delay, 0);
-  }
-  uv_close((uv_handle_t *)p, NULL);
-  if (m->stopping) {
-    unlink(m->redis_sock);
-    rmdir(m->redis_dir);
-    maybe_finish(m);
-  }
-}
-
-static void spawn_redis(struct master *m) {
-  const char *args[] = {"tidings-redis", m->redis_server, "--port", "0", "--unixsocket",
-                  m->redis_sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                  "--dir", m->redis_dir, "--daemonize", "no", "--loglevel", "warning",
-                  "--databases", "1",
-                  /* a worker busy writing to its clients may fall behind for a
-                   * moment: give its subscriber connection room before Redis
-                   * cuts it (and messages are lost) */
-                  "--client-output-buffer-limit", "pubsub 256mb 64mb 60", NULL};
-  const char *env[] = {"TIDINGS_EXEC_SHIM=1", m->pidvar, NULL};
-  /* its own log lines are not ours: keep them out of a JSON log stream */
-  int quiet = strcmp(m->cfg->log_format, "json") == 0;
-  uv_stdio_container_t stdio[3] = {{UV_IGNORE, {0}},
-                                   {quiet ? UV_IGNORE : UV_INHERIT_FD, {.fd = 2}},
-                                   {quiet ? UV_IGNORE : UV_INHERIT_FD, {.fd = 2}}};
-  uv_process_options_t o = {0};
-  o.exit_cb = on_redis_exit;
-  o.file = "/proc/self/exe";
-  o.args = (char **)args; /* libuv does not write to them */
-  o.env = (char **)env;
-  o.stdio = stdio;
-  o.stdio_count = 3;
-  m->redis_proc.data = m;
-  int rc = uv_spawn(m->loop, &m->redis_proc, &o);
-  if (rc != 0) {
-    log_error("redis_embedded_spawn_failed", "cannot start %s: %s", m->redis_server, uv_strerror(rc));
-    m->redis_failures++;
-    uv_timer_start(&m->redis_timer, on_redis_timer, BACKOFF_MAX_MS, 0);
-    return;
-  }
-  m->redis_running = 1;
-  m->redis_signaled = 0;
-  m->redis_started = uv_now(m->loop);
-  m->redis_polls = 0;
-  log_info("redis_embedded_start", "embedded redis-server started (pid %d) on unix:%s", m->redis_proc.pid, m->redis_sock);
-  if (!m->workers_started) uv_timer_start(&m->redis_timer, on_redis_timer, 10, 0);
+  return 0;
 }
 
 static void start_workers(struct master *m) {
+  assert(!m->workers_started && !m->stopping);
   m->workers_started = 1;
   for (int i = 0; i < m->nslots; i++) spawn(m, i);
 }
 
-static void signal_children(struct master *m, int sig, int only_retiring) {
-  for (struct child *ch = m->children; ch; ch = ch->next)
-    if (!only_retiring || ch->retiring) uv_process_kill(&ch->proc, sig);
+/* ---- the embedded redis-server ---- */
+
+static void on_redis_ready(struct embedded_redis *r) { start_workers(r->data); }
+
+static void on_redis_stopped(struct embedded_redis *r) {
+  struct master *m = r->data;
+  m->redis_stopped = 1;
+  maybe_finish(m);
 }
+
+/* ---- signals ---- */
 
 static void on_kill_timer(uv_timer_t *t) {
   struct master *m = t->data;
@@ -329,7 +287,7 @@ static void on_kill_timer(uv_timer_t *t) {
   }
 }
 
-/* A row of the slot that no running worker (current or draining) holds. */
+/* A row of the slot that no worker (current or draining) holds. */
 static int free_row(struct master *m, int slot) {
   for (int k = 0; k < SHM_ROWS_PER_SLOT; k++) {
     int row = slot + k * m->nslots, busy = 0;
@@ -339,27 +297,34 @@ static int free_row(struct master *m, int slot) {
   return -1;
 }
 
+static void reload(struct master *m) {
+  if (!m->workers_started) {
+    log_info("reload", "SIGHUP before the workers started: nothing to reload");
+    return;
+  }
+  log_info("reload", "SIGHUP: starting new workers, then draining the old ones");
+  for (int i = 0; i < m->nslots; i++) {
+    struct slot *s = &m->slots[i];
+    /* the old worker keeps its row until it has drained: the new one
+     * takes another row of the slot that no worker holds */
+    int row = free_row(m, i);
+    if (row < 0) {
+      log_warn("reload", "worker %d: %d reloads still draining, not reloading it", i + 1,
+               SHM_ROWS_PER_SLOT - 1);
+      continue; /* a pending restart of the slot stays pending */
+    }
+    uv_timer_stop(&s->restart);
+    if (s->current) s->current->retiring = 1;
+    s->row = row;
+    spawn(m, i);
+  }
+  start_timer(&m->kill_timer, on_kill_timer, RELOAD_DRAIN_AFTER_MS, "reload");
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   struct master *m = h->data;
   if (signum == SIGHUP) {
-    if (m->stopping) return;
-    log_info("reload", "SIGHUP: starting new workers, then draining the old ones");
-    for (int i = 0; i < m->nslots; i++) {
-      if (m->slots[i].current) m->slots[i].current->retiring = 1;
-      uv_timer_stop(&m->slots[i].restart);
-      /* the old worker keeps its row until it has drained: the new one
-       * takes another row of the slot that no running worker holds */
-      int row = free_row(m, i);
-      if (row < 0) {
-        log_warn("reload", "worker %d: %d reloads still draining, not reloading it", i + 1,
-                 SHM_ROWS_PER_SLOT - 1);
-        if (m->slots[i].current) m->slots[i].current->retiring = 0;
-        continue;
-      }
-      m->slots[i].row = row;
-      spawn(m, i);
-    }
-    uv_timer_start(&m->kill_timer, on_kill_timer, 500, 0);
+    if (!m->stopping) reload(m);
     return;
   }
   if (m->stopping) {
@@ -369,108 +334,164 @@ static void on_signal(uv_signal_t *h, int signum) {
   }
   m->stopping = 1;
   log_info("shutdown", "%s: stopping %d worker(s)", strsignal(signum), m->nslots);
+  if (m->embedded) embedded_redis_no_restart(&m->redis); /* it goes last: see maybe_finish() */
   for (int i = 0; i < m->nslots; i++) uv_timer_stop(&m->slots[i].restart);
   signal_children(m, SIGTERM, 0);
-  uv_timer_start(&m->kill_timer, on_kill_timer, (uint64_t)(m->cfg->shutdown_grace + 5) * 1000, 0);
+  start_timer(&m->kill_timer, on_kill_timer,
+              (uint64_t)(m->cfg->shutdown_grace + SHUTDOWN_KILL_MARGIN_S) * 1000, "shutdown");
   maybe_finish(m);
 }
 
+/* ---- starting and ending ---- */
+
 extern char **environ;
+
+static int has_prefix(const char *s, const char *prefix) {
+  return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The workers' environment: ENV_PER_SPAWN empty places (spawn() fills
+ * them), then ours, then environ without the variables we set. */
+static int build_env(struct master *m) {
+  static const char *const ours[] = {
+      "TIDINGS_WORKER_ID=", "TIDINGS_MASTER_PID=", "TIDINGS_SHM_ROW="};
+  size_t n = 0;
+  while (environ[n]) n++;
+  m->env = calloc(ENV_PER_SPAWN + ENV_OURS + n + 1, sizeof(char *));
+  if (!m->env) return UV_ENOMEM;
+  size_t k = ENV_PER_SPAWN;
+  m->env[k++] = m->pidvar;
+  if (m->embedded) m->env[k++] = m->redis_env;
+  for (size_t i = 0; i < n; i++) {
+    int skip = 0;
+    for (size_t j = 0; j < sizeof(ours) / sizeof(ours[0]); j++)
+      skip |= has_prefix(environ[i], ours[j]);
+    if (!skip) m->env[k++] = environ[i];
+  }
+  m->env[k] = NULL;
+  return 0;
+}
+
+/* Everything before uv_run().  Returns 0, or a negative code after logging
+ * why (*status: the exit status to give); no child runs then. */
+static int setup(struct master *m, const char *redis_server, int *status) {
+  assert(m->nslots >= 1 && m->nslots <= MAX_WORKERS);
+  snprintf(m->pidvar, sizeof(m->pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
+  if (shm_create((unsigned)(SHM_ROWS_PER_SLOT * m->nslots), &m->shm_fd, &m->shm) < 0) {
+    int e = errno;
+    log_error("shm_failed", "cannot create the shared memory segment: %s", strerror(e));
+    return -e;
+  }
+  m->view.shm = m->shm;
+  m->view.nslots = m->nslots;
+  m->loop = uv_default_loop();
+  if (!m->loop) {
+    log_error("loop_failed", "cannot create the event loop");
+    return UV_ENOMEM;
+  }
+  uv_signal_t *sigs[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    int rc = uv_signal_init(m->loop, sigs[i]);
+    sigs[i]->data = m;
+    if (rc == 0) rc = uv_signal_start(sigs[i], on_signal, nums[i]);
+    if (rc < 0) {
+      log_error("signal_failed", "cannot handle %s: %s", strsignal(nums[i]), uv_strerror(rc));
+      return rc;
+    }
+  }
+  int rc = uv_timer_init(m->loop, &m->kill_timer);
+  m->kill_timer.data = m;
+  for (int i = 0; i < m->nslots && rc == 0; i++) {
+    struct slot *s = &m->slots[i];
+    s->m = m;
+    s->index = i;
+    s->row = i;
+    rc = uv_timer_init(m->loop, &s->restart);
+    s->restart.data = s;
+  }
+  if (rc < 0) {
+    log_error("timer_failed", "cannot create a timer: %s", uv_strerror(rc));
+    return rc;
+  }
+  if (strcmp(m->cfg->admin_listen, "off") != 0 && m->cfg->admin_listen[0]) {
+    char err[256];
+    rc = admin_start(m->loop, m->cfg->admin_listen, &m->view, &m->admin, err, sizeof(err));
+    if (rc < 0) {
+      fprintf(stderr, "tidings: %s\n", err);
+      *status = EXIT_CONFIG; /* before any child exists */
+      return rc;
+    }
+    log_info("admin_listen", "admin listener on %s: /metrics /healthz /readyz /status",
+             m->cfg->admin_listen);
+  }
+  if (redis_server) {
+    char err[256];
+    int quiet = strcmp(m->cfg->log_format, "json") == 0; /* its lines are not ours */
+    rc = embedded_redis_init(&m->redis, m->loop, redis_server, m->pidvar, quiet, err, sizeof(err));
+    if (rc < 0) {
+      log_error("redis_embedded_spawn_failed", "%s", err);
+      return rc;
+    }
+    m->embedded = 1;
+    m->redis.on_ready = on_redis_ready;
+    m->redis.on_stopped = on_redis_stopped;
+    m->redis.data = m;
+    snprintf(m->redis_env, sizeof(m->redis_env), "TIDINGS_REDIS=unix:%s", m->redis.sock);
+  }
+  rc = build_env(m);
+  if (rc == 0 && m->embedded) rc = embedded_redis_start(&m->redis);
+  if (rc < 0) {
+    log_error("master_failed", "cannot start: %s", uv_strerror(rc));
+    if (m->embedded) embedded_redis_discard(&m->redis);
+    return rc;
+  }
+  if (!m->embedded) start_workers(m);
+  return 0;
+}
+
+static void close_any(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* After setup() failed: closes what it opened (no child runs yet). */
+static void abandon(struct master *m) {
+  if (!m->loop) return;
+  admin_stop(m->admin);
+  m->admin = NULL;
+  uv_walk(m->loop, close_any, NULL);
+  uv_run(m->loop, UV_RUN_DEFAULT);
+}
 
 int master_main(struct config *cfg, int argc, char **argv, const char *redis_server) {
   (void)argc;
   signal(SIGPIPE, SIG_IGN);
   struct master *m = calloc(1, sizeof(*m));
-  if (!m) return 1;
+  if (!m) {
+    log_error("master_failed", "out of memory");
+    return EXIT_FAILURE;
+  }
   m->cfg = cfg;
   m->argv = argv;
   m->nslots = cfg->workers;
-  size_t n = 0;
-  while (environ[n]) n++;
-  m->env = calloc(n + 5, sizeof(char *));
-  snprintf(m->pidvar, sizeof(m->pidvar), "TIDINGS_MASTER_PID=%d", (int)getpid());
-  size_t k = 2; /* 0 and 1: the worker's id and shared-memory row, set per spawn */
-  m->env[k++] = m->pidvar;
-  if (shm_create((unsigned)(SHM_ROWS_PER_SLOT * m->nslots), &m->shm_fd, &m->shm) < 0) {
-    log_error("shm_failed", "cannot create the shared memory segment: %s", strerror(errno));
-    return 1;
-  }
-  for (int i = 0; i < m->nslots; i++) m->slots[i].row = i;
-  m->view.shm = m->shm;
-  m->view.nslots = m->nslots;
-  if (redis_server) {
-    m->embedded = 1;
-    m->redis_server = redis_server;
-    snprintf(m->redis_dir, sizeof(m->redis_dir), "/tmp/tidings-XXXXXX");
-    if (!mkdtemp(m->redis_dir)) {
-      log_error("redis_embedded_spawn_failed", "cannot create a directory for the embedded redis-server: %s", strerror(errno));
-      return 1;
-    }
-    snprintf(m->redis_sock, sizeof(m->redis_sock), "%s/redis.sock", m->redis_dir);
-    snprintf(m->redis_env, sizeof(m->redis_env), "TIDINGS_REDIS=unix:%s", m->redis_sock);
-    m->env[k++] = m->redis_env;
-  }
-  for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "TIDINGS_WORKER_ID=", 18) && strncmp(environ[i], "TIDINGS_MASTER_PID=", 19) &&
-        strncmp(environ[i], "TIDINGS_SHM_ROW=", 16))
-      m->env[k++] = environ[i];
-  m->env[k] = NULL;
-  /* uv_spawn stops at the first NULL: keep slot 0 filled while spawning */
-
-  m->loop = uv_default_loop();
-  uv_signal_t *sigs[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
-  int nums[] = {SIGTERM, SIGINT, SIGHUP};
-  for (int i = 0; i < 3; i++) {
-    uv_signal_init(m->loop, sigs[i]);
-    sigs[i]->data = m;
-    uv_signal_start(sigs[i], on_signal, nums[i]);
-  }
-  uv_timer_init(m->loop, &m->kill_timer);
-  m->kill_timer.data = m;
-  if (strcmp(m->cfg->admin_listen, "off") != 0 && m->cfg->admin_listen[0]) {
-    char err[256];
-    m->admin = admin_start(m->loop, m->cfg->admin_listen, &m->view, err, sizeof(err));
-    if (!m->admin) {
-      fprintf(stderr, "tidings: %s\n", err);
-      if (m->embedded) rmdir(m->redis_dir);
-      exit(EXIT_CONFIG); /* before any child exists */
-    }
-    log_info("admin_listen", "admin listener on %s: /metrics /healthz /readyz /status", m->cfg->admin_listen);
-  }
-  for (int i = 0; i < m->nslots; i++) {
-    uv_timer_init(m->loop, &m->slots[i].restart);
-    m->slots[i].restart.data = m;
-  }
-  if (m->embedded) {
-    uv_timer_init(m->loop, &m->redis_timer);
-    m->redis_timer.data = m;
-    spawn_redis(m);
+  m->shm_fd = -1;
+  int status = EXIT_FAILURE;
+  if (setup(m, redis_server, &status) == 0) {
+    uv_run(m->loop, UV_RUN_DEFAULT);
+    assert(m->finished && !m->children);
+    status = EXIT_SUCCESS;
   } else {
-    start_workers(m);
+    abandon(m);
   }
-  uv_run(m->loop, UV_RUN_DEFAULT);
-  uv_loop_close(m->loop);
+  if (m->loop) {
+    int rc = uv_loop_close(m->loop);
+    if (rc < 0) log_warn("loop_close_failed", "event loop: %s", uv_strerror(rc));
+  }
   shm_detach(m->shm);
-  close(m->shm_fd);
+  if (m->shm_fd >= 0) close(m->shm_fd);
   free(m->env);
   free(m);
-  log_info("exit", "all workers stopped, exiting");
-  return 0;
-}
-
-const char *master_find_redis_server(void) {
-  static char path[4096];
-  const char *env = getenv("TIDINGS_REDIS_SERVER");
-  if (env && *env) return access(env, X_OK) == 0 ? env : NULL;
-  const char *p = getenv("PATH");
-  if (!p || !*p) p = "/usr/local/bin:/usr/bin:/bin";
-  while (*p) {
-    const char *e = strchr(p, ':');
-    size_t n = e ? (size_t)(e - p) : strlen(p);
-    snprintf(path, sizeof(path), "%.*s/redis-server", (int)n, p);
-    if (n && access(path, X_OK) == 0) return path;
-    p += n + (e ? 1 : 0);
-  }
-  if (access("/usr/bin/redis-server", X_OK) == 0) return "/usr/bin/redis-server";
-  return NULL;
+  if (status == EXIT_SUCCESS) log_info("exit", "all workers stopped, exiting");
+  return status;
 }

@@ -1,6 +1,8 @@
 /* The status page served on the admin listener at /status: one
  * self-contained HTML document (no external scripts, fonts or styles) that
  * opens /status/ws and draws a JSON snapshot arriving every second. */
+#include "admin_status.h"
+
 const char admin_status_html[] =
     "<!doctype html>\n"
     "<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tidings status</title>\n"

@@ -1,0 +1,247 @@
+#include "admin_metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "../common/metrics.h"
+
+/* ---- a growable string ----
+ * Private to this file: nothing else in the master builds text whose
+ * length it cannot bound.  After the first failed allocation every append
+ * is skipped and sb_take() reports it, so the renderers check once. */
+
+#define SB_FIRST_CAP 4096
+
+struct sb {
+  char *p;
+  size_t len, cap;
+  int failed;
+};
+
+static void sb_printf(struct sb *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sb *s, const char *fmt, ...) {
+  if (s->failed) return;
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(s->p ? s->p + s->len : NULL, s->p ? s->cap - s->len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+      s->failed = 1; /* an encoding error: fail the whole rendering */
+      return;
+    }
+    if (s->p && s->len + (size_t)n < s->cap) {
+      s->len += (size_t)n;
+      return;
+    }
+    size_t ncap = (s->cap ? s->cap * 2 : SB_FIRST_CAP) + (size_t)n;
+    char *np = realloc(s->p, ncap);
+    if (!np) {
+      s->failed = 1;
+      return;
+    }
+    s->p = np;
+    s->cap = ncap;
+  }
+}
+
+/* Hands the string to the caller: 0, or UV_ENOMEM with nothing to free. */
+static int sb_take(struct sb *s, char **out, size_t *len) {
+  if (s->failed || !s->p) {
+    free(s->p);
+    return UV_ENOMEM;
+  }
+  *out = s->p;
+  *len = s->len;
+  return 0;
+}
+
+/* ---- reading shared memory ---- */
+
+static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* A slot's total over all its rows (workers retired by reloads keep their
+ * totals in theirs), so the slot's counters never go down. */
+static uint64_t slot_counter(const struct admin_view *v, int slot, int k) {
+  const struct shm *s = v->shm;
+  uint64_t t = 0;
+  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots)
+    t += load64(&s->rows[r].m.c[k]);
+  return t;
+}
+
+/* A gauge: of the slot's current worker, or (all) summed with those still
+ * draining after a reload; rows of exited workers are zeroed by the master. */
+static int64_t slot_gauge(const struct admin_view *v, int slot, int k, int all) {
+  const struct shm *s = v->shm;
+  if (!all) return __atomic_load_n(&s->rows[v->row[slot]].m.g[k], __ATOMIC_RELAXED);
+  int64_t t = 0;
+  for (unsigned r = (unsigned)slot; r < s->nrows; r += (unsigned)v->nslots)
+    t += __atomic_load_n(&s->rows[r].m.g[k], __ATOMIC_RELAXED);
+  return t;
+}
+
+static uint64_t restarts(const struct admin_view *v) {
+  return __atomic_load_n(&v->shm->worker_restarts, __ATOMIC_RELAXED);
+}
+
+/* ---- Prometheus ---- */
+
+static const struct {
+  int k;
+  const char *name, *help;
+} counters[] = {
+    {M_CONNECTIONS_TOTAL, "tidings_connections_total", "WebSocket connections opened."},
+    {M_MESSAGES_IN, "tidings_messages_received_total",
+     "WebSocket data messages received from clients."},
+    {M_BYTES_IN, "tidings_received_bytes_total", "Bytes received from clients, as on the wire."},
+    {M_BYTES_OUT, "tidings_sent_bytes_total",
+     "Bytes sent to clients, as on the wire (after compression)."},
+    {M_BYTES_OUT_RAW, "tidings_notification_bytes_total",
+     "Notification bytes queued to subscribers, before compression."},
+    {M_PUBLISHES, "tidings_publishes_total", "Publishes from clients accepted by Redis."},
+    {M_PUBLISH_ERRORS, "tidings_publish_errors_total",
+     "Publishes answered with an error (Redis unavailable)."},
+    {M_BUS_MESSAGES, "tidings_bus_messages_total", "Messages received from Redis."},
+    {M_DELIVERIES, "tidings_deliveries_total", "Notifications queued to subscribers."},
+    {M_SLOW_DROPPED, "tidings_slow_dropped_total",
+     "Notifications skipped for subscribers over --max-queued-bytes."},
+    {M_SLOW_DISCONNECTS, "tidings_slow_disconnects_total",
+     "Subscribers disconnected (1013) for being slow."},
+    {M_RATE_LIMITED, "tidings_rate_limited_total",
+     "Messages refused by the per-connection rate limit."},
+    {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total",
+     "Redis connections re-established after a loss."},
+};
+
+int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
+  struct sb s = {0};
+  sb_printf(&s,
+            "# HELP tidings_connections Open WebSocket connections.\n"
+            "# TYPE tidings_connections gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_connections{worker=\"%d\"} %lld\n", i + 1,
+              (long long)slot_gauge(v, i, G_CONNECTIONS, 1));
+  sb_printf(&s,
+            "# HELP tidings_redis_connected 1 when the worker's Redis connections are up.\n"
+            "# TYPE tidings_redis_connected gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_redis_connected{worker=\"%d\"} %lld\n", i + 1,
+              v->pid[i] ? (long long)slot_gauge(v, i, G_REDIS_CONNECTED, 0) : 0LL);
+  sb_printf(&s,
+            "# HELP tidings_topics Topics with local subscribers.\n"
+            "# TYPE tidings_topics gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_topics{worker=\"%d\"} %lld\n", i + 1,
+              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL);
+  sb_printf(&s,
+            "# HELP tidings_worker_up 1 when a worker runs in the slot.\n"
+            "# TYPE tidings_worker_up gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    sb_printf(&s, "tidings_worker_up{worker=\"%d\"} %d\n", i + 1, v->pid[i] ? 1 : 0);
+  for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
+    sb_printf(&s, "# HELP %s %s\n# TYPE %s counter\n", counters[k].name, counters[k].help,
+              counters[k].name);
+    for (int i = 0; i < v->nslots; i++)
+      sb_printf(&s, "%s{worker=\"%d\"} %llu\n", counters[k].name, i + 1,
+                (unsigned long long)slot_counter(v, i, counters[k].k));
+  }
+  sb_printf(&s,
+            "# HELP tidings_handshakes_rejected_total Connections refused before or at the "
+            "handshake, by reason.\n# TYPE tidings_handshakes_rejected_total counter\n");
+  for (int r = 0; r < REJECT__COUNT; r++) {
+    uint64_t t = 0;
+    for (int i = 0; i < v->nslots; i++) t += slot_counter(v, i, M_REJECT_FIRST + r);
+    sb_printf(&s, "tidings_handshakes_rejected_total{reason=\"%s\"} %llu\n",
+              reject_name((enum reject_reason)r), (unsigned long long)t);
+  }
+  sb_printf(&s,
+            "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
+            "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
+            (unsigned long long)restarts(v));
+  /* the histogram: cumulative buckets over every row */
+  uint64_t b[METRIC_LAT_BUCKETS] = {0}, sum = 0, count = 0;
+  for (unsigned r = 0; r < v->shm->nrows; r++) {
+    const struct metrics *m = &v->shm->rows[r].m;
+    for (int i = 0; i < METRIC_LAT_BUCKETS; i++) b[i] += load64(&m->lat[i]);
+    sum += load64(&m->lat_sum_us);
+    count += load64(&m->lat_count);
+  }
+  sb_printf(&s,
+            "# HELP tidings_delivery_latency_seconds Time from a message's arrival from "
+            "Redis to its frame's hand-over to the kernel.\n"
+            "# TYPE tidings_delivery_latency_seconds histogram\n");
+  uint64_t cum = 0;
+  for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
+    cum += b[i];
+    if (i == METRIC_LAT_BUCKETS - 1)
+      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                (unsigned long long)cum);
+    else
+      sb_printf(&s, "tidings_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                metric_lat_bounds_us[i] / 1e6, (unsigned long long)cum);
+  }
+  sb_printf(
+      &s,
+      "tidings_delivery_latency_seconds_sum %.6f\ntidings_delivery_latency_seconds_count %llu\n",
+      sum / 1e6, (unsigned long long)count);
+  return sb_take(&s, text, len);
+}
+
+/* ---- the status page's snapshot ---- */
+
+int admin_metrics_snapshot(const struct admin_view *v, char **json, size_t *len) {
+  struct sb s = {0};
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts); /* cannot fail for CLOCK_REALTIME */
+  sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"workers\":[", ts.tv_sec + ts.tv_nsec / 1e9,
+            (unsigned long long)restarts(v));
+  for (int i = 0; i < v->nslots; i++) {
+    sb_printf(&s,
+              "%s{\"worker\":%d,\"pid\":%d,\"up\":%s,\"redis\":%s,\"connections\":%lld,"
+              "\"topics\":%lld,\"messages_in\":%llu,\"deliveries\":%llu,\"publishes\":%llu,"
+              "\"bytes_in\":%llu,\"bytes_out\":%llu,\"slow_dropped\":%llu,\"rate_limited\":%llu}",
+              i ? "," : "", i + 1, v->pid[i], v->pid[i] ? "true" : "false",
+              v->pid[i] && slot_gauge(v, i, G_REDIS_CONNECTED, 0) ? "true" : "false",
+              (long long)slot_gauge(v, i, G_CONNECTIONS, 1),
+              v->pid[i] ? (long long)slot_gauge(v, i, G_TOPICS, 0) : 0LL,
+              (unsigned long long)slot_counter(v, i, M_MESSAGES_IN),
+              (unsigned long long)slot_counter(v, i, M_DELIVERIES),
+              (unsigned long long)slot_counter(v, i, M_PUBLISHES),
+              (unsigned long long)slot_counter(v, i, M_BYTES_IN),
+              (unsigned long long)slot_counter(v, i, M_BYTES_OUT),
+              (unsigned long long)slot_counter(v, i, M_SLOW_DROPPED),
+              (unsigned long long)slot_counter(v, i, M_RATE_LIMITED));
+  }
+  sb_printf(&s, "]}");
+  return sb_take(&s, json, len);
+}
+
+/* ---- health and readiness ---- */
+
+bool admin_metrics_healthy(const struct admin_view *v) {
+  for (int i = 0; i < v->nslots; i++)
+    if (v->pid[i]) return true;
+  return false;
+}
+
+bool admin_metrics_ready(const struct admin_view *v, char *why, size_t n) {
+  for (int i = 0; i < v->nslots; i++) {
+    if (!v->pid[i]) {
+      snprintf(why, n, "worker %d is not running\n", i + 1);
+      return false;
+    }
+    if (!slot_gauge(v, i, G_LISTENING, 0)) {
+      snprintf(why, n, "worker %d is not listening yet\n", i + 1);
+      return false;
+    }
+    if (!slot_gauge(v, i, G_REDIS_CONNECTED, 0)) {
+      snprintf(why, n, "worker %d is not connected to Redis\n", i + 1);
+      return false;
+    }
+  }
+  snprintf(why, n, "ready\n");
+  return true;
+}
