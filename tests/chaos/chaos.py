@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -420,7 +421,7 @@ def backoff(attempt):
 
 
 class TopicState:
-    __slots__ = ("epoch", "last", "top0", "epoch0", "deliveries", "rfalse", "announced",
+    __slots__ = ("epoch", "last", "top0", "epoch0", "deliveries", "ids", "rfalse", "announced",
                  "since_sent", "era")
 
     def __init__(self):
@@ -429,6 +430,7 @@ class TopicState:
         self.top0 = None         # offset of the first subscribe reply
         self.epoch0 = None
         self.deliveries = []     # (publisher, seq, offset, era)
+        self.ids = set()         # (publisher, seq) delivered
         self.rfalse = 0          # recovered:false replies
         self.announced = []      # offsets up to which a loss was announced (None: all)
         self.since_sent = False  # the pending subscribe carries "since"
@@ -554,6 +556,7 @@ class Subscriber:
             self.missed += int(m["missed"])
         off = m.get("offset")
         st.deliveries.append((p["p"], p["s"], off, st.era))
+        st.ids.add((p["p"], p["s"]))
         if off is not None:
             st.last = off
         self.run_.delivered += 1
@@ -729,6 +732,7 @@ class Chaos:
         self.server_args = []
         self.history = False
         self.log_marks = {}
+        self.cpu = ""
 
     # ---- start and stop
 
@@ -741,6 +745,11 @@ class Chaos:
             args += ["--history-size", self.o.history_size]
             if "--history-ttl" in help_text:
                 args += ["--history-ttl", "3600"]
+            per_topic = self.o.rate * self.o.duration / self.o.topics
+            if self.history and per_topic > self.o.history_size / 2:
+                self.notes.append(f"about {per_topic:.0f} messages per topic and scenario against "
+                                  f"--history-size {self.o.history_size}: a long outage could "
+                                  f"see its messages trimmed (recovered:false)")
         else:
             self.notes.append("The server has no `--history-size`: run without history "
                               "(plain pub/sub), so losses are expected.")
@@ -957,7 +966,7 @@ class Chaos:
             await asyncio.sleep(max(1.5, o.duration - (t_recovered - t_start)))
             for p in run.pubs:
                 await p.stop()
-            acked = self.acked_by_topic(run)
+            acked = acked_by_topic(run)
             n_acked = sum(len(v) for v in acked.values())
             log(f"  fault took {t_recovered - t_fault:.1f} s; {n_acked} acknowledged; "
                 f"waiting for deliveries")
@@ -983,151 +992,164 @@ class Chaos:
     # ---- counting
 
     @staticmethod
-    def acked_by_topic(run):
-        out = {}
-        for p in run.pubs:
-            for topic, off, pub, seq in p.acked:
-                out.setdefault(topic, {})[(pub, seq)] = off
-        return out
-
-    @staticmethod
     def all_delivered(run, acked):
         for s in run.subs:
             for t in s.topics:
-                want = acked.get(t, {})
-                if len(s.state[t].deliveries) < len(want):
-                    return False
-                got = {(p, q) for p, q, _, _ in s.state[t].deliveries}
-                if not got >= want.keys():
+                if not s.state[t].ids >= acked.get(t, {}).keys():
                     return False
         return True
 
     def check(self, run):
-        acked = self.acked_by_topic(run)
-        n_acked = sum(len(v) for v in acked.values())
-        notes = []
-        # every acknowledged offset of a topic is unique
-        reused = 0
-        for t, msgs in acked.items():
-            offs = Counter(o for o in msgs.values() if o is not None)
-            bad = {o: c for o, c in offs.items() if c > 1}
-            reused += sum(c - 1 for c in bad.values())
-            if bad:
-                notes.append(f"{t}: offsets acknowledged for more than one message: {sorted(bad)[:10]}")
-        expected = lost = dup = disorder = gaps = announced = unacked_seen = rfalse = missed = 0
-        examples = []
-        for s in run.subs:
-            missed += s.missed
-            for t in s.topics:
-                st = s.state[t]
-                rfalse += st.rfalse
-                want = acked.get(t, {})
-                expected += len(want)
-                seen = Counter((p, q) for p, q, _, _ in st.deliveries)
-                dup += sum(c - 1 for c in seen.values() if c > 1)
-                unacked_seen += sum(1 for k in seen if k not in want)
-                for k, off in want.items():
-                    if k in seen:
-                        continue
-                    # a loss announced by recovered:false is not silent
-                    if st.announced and (off is None or any(lim is None or off <= lim
-                                                            for lim in st.announced)):
-                        announced += 1
-                    else:
-                        lost += 1
-                        if len(examples) < 8:
-                            examples.append(f"{s.name} ({s.host.name}{', proxied' if s.proxied else ''})"
-                                            f" {t}: lost {k[0]}#{k[1]} offset {off}")
-                # order: offsets strictly increasing within an era, each the
-                # acknowledged one; each publisher's sequence increasing
-                prev_off, prev_era, last_seq, bad, so_far = None, 0, {}, 0, set()
-                for p, q, off, era in st.deliveries:
-                    if (p, q) in so_far:
-                        continue  # a duplicate, counted as such
-                    so_far.add((p, q))
-                    if era != prev_era:
-                        prev_off, prev_era = None, era
-                    if off is not None:
-                        if prev_off is not None and off <= prev_off:
-                            bad += 1
-                        elif (p, q) in want and want[(p, q)] is not None and want[(p, q)] != off:
-                            bad += 1
-                        prev_off = off
-                    elif p in last_seq and q <= last_seq[p]:
-                        bad += 1
-                    last_seq[p] = max(q, last_seq.get(p, q))
-                disorder += bad
-                if bad and len(examples) < 8:
-                    examples.append(f"{s.name} {t}: {bad} out of order / wrong offset")
-                # gaps: offsets in (top0, last delivered] that nobody was
-                # acknowledged for and that did not arrive either (a message
-                # Redis took whose publisher never heard back)
-                if st.top0 is not None and st.era == 0 and not st.announced:
-                    offs = {o for _, _, o, _ in st.deliveries if o is not None}
-                    if offs:
-                        acked_offs = {o for o in want.values() if o is not None}
-                        hole = [o for o in range(st.top0 + 1, max(offs) + 1)
-                                if o not in offs and o not in acked_offs]
-                        gaps += len(hole)
-                        if hole and len(examples) < 8:
-                            examples.append(f"{s.name} {t}: offsets never delivered (unacknowledged): {hole[:5]}")
-                for pr in s.problems[:3]:
-                    if len(notes) < 30:
-                        notes.append(f"{s.name}: {pr}")
-        for p in run.pubs:
-            for pr in p.problems[:3]:
-                notes.append(f"{p.name}: {pr}")
-        if reused:
-            disorder += reused
-        not_acked = sum(sum(p.errors.values()) + p.unknown for p in run.pubs)
-        err_codes = Counter()
-        for p in run.pubs:
-            err_codes.update(p.errors)
-        disc = [d for s in run.subs for d in s.disconnects]
-        codes = Counter(str(c) for _, c in disc)
-        resumes = [r for s in run.subs for r in s.resumes]
-        worst = max(resumes) if resumes else None
-        reconnecting = [s.name for s in run.subs if len(s.disconnects) > len(s.resumes)]
-        if reconnecting:
-            notes.append(f"{len(reconnecting)} subscribers had not resumed at the end: "
-                         f"{', '.join(reconnecting[:10])}")
-        notes += examples
-        if unacked_seen:
-            notes.append(f"{unacked_seen} deliveries of messages whose publisher got no "
-                         f"acknowledgement (allowed)")
-        if missed:
-            notes.append(f"slow-subscriber drops reported (\"missed\"): {missed}")
-        if run.sub_errors:
-            notes.append(f"subscribe errors (asked again): {dict(run.sub_errors)}")
-        for ev in run.rfalse_events[:5]:
-            notes.append("recovered:false: {} {} had epoch {} offset {}, got epoch {} offset {}".format(*ev))
-        row = {
-            "scenario": run.name,
-            "acked": n_acked,
-            "not acked": not_acked,
-            "expected": expected,
-            "delivered": run.delivered,
-            "lost": lost,
-            "duplicated": dup,
-            "disorder": disorder,
-            "gaps": gaps,
-            "recovered:false": rfalse,
-            "disconnects": len(disc),
-            "worst resume": f"{worst:.2f} s" if worst is not None else "-",
-            "notes": {"faults": run.faults, "close codes": dict(codes),
-                      "publish errors": dict(err_codes), "text": notes,
-                      "announced": announced, "resumes": len(resumes),
-                      "reconnecting": len(reconnecting)},
-        }
-        return row
+        return count(run)
 
     def row_failed(self, row):
-        bad = [k for k in ("lost", "duplicated", "disorder", "gaps", "recovered:false") if row[k]]
-        if row["expected"] == 0:
-            bad.append("nothing expected (no message acknowledged)")
-        if row["notes"]["reconnecting"]:
-            bad.append("subscribers not resumed")
-        return bad
+        return row_failed(row)
+
+
+def acked_by_topic(run):
+    """{topic: {(publisher, seq): offset}} of the acknowledged messages."""
+    out = {}
+    for p in run.pubs:
+        for topic, off, pub, seq in p.acked:
+            out.setdefault(topic, {})[(pub, seq)] = off
+    return out
+
+
+def count(run):
+    """The scenario's row: what every subscriber should have had, and what
+    it got."""
+    acked = acked_by_topic(run)
+    n_acked = sum(len(v) for v in acked.values())
+    notes = []
+    # every acknowledged offset of a topic is unique
+    reused = 0
+    for t, msgs in acked.items():
+        offs = Counter(o for o in msgs.values() if o is not None)
+        bad = {o: c for o, c in offs.items() if c > 1}
+        reused += sum(c - 1 for c in bad.values())
+        if bad:
+            notes.append(f"{t}: offsets acknowledged for more than one message: {sorted(bad)[:10]}")
+    expected = lost = dup = disorder = gaps = announced = unacked_seen = rfalse = missed = 0
+    examples = []
+    hit = set()  # (subscriber, topic) that lost something
+    for s in run.subs:
+        missed += s.missed
+        for t in s.topics:
+            st = s.state[t]
+            rfalse += st.rfalse
+            want = acked.get(t, {})
+            expected += len(want)
+            seen = Counter((p, q) for p, q, _, _ in st.deliveries)
+            dup += sum(c - 1 for c in seen.values() if c > 1)
+            unacked_seen += sum(1 for k in seen if k not in want)
+            for k, off in want.items():
+                if k in seen:
+                    continue
+                # a loss announced by recovered:false is not silent
+                if st.announced and (off is None or any(lim is None or off <= lim
+                                                        for lim in st.announced)):
+                    announced += 1
+                else:
+                    lost += 1
+                    if (s.name, t) not in hit and len(examples) < 8:
+                        examples.append(f"e.g. {s.name} ({s.host.name}{', proxied' if s.proxied else ''})"
+                                        f" {t}: lost {k[0]}#{k[1]} (offset {off})")
+                    hit.add((s.name, t))
+            # order: offsets strictly increasing within an era, each the
+            # acknowledged one; each publisher's sequence increasing
+            prev_off, prev_era, last_seq, bad, so_far = None, 0, {}, 0, set()
+            for p, q, off, era in st.deliveries:
+                if (p, q) in so_far:
+                    continue  # a duplicate, counted as such
+                so_far.add((p, q))
+                if era != prev_era:
+                    prev_off, prev_era = None, era
+                if off is not None:
+                    if prev_off is not None and off <= prev_off:
+                        bad += 1
+                    elif (p, q) in want and want[(p, q)] is not None and want[(p, q)] != off:
+                        bad += 1
+                    prev_off = off
+                elif p in last_seq and q <= last_seq[p]:
+                    bad += 1
+                last_seq[p] = max(q, last_seq.get(p, q))
+            disorder += bad
+            if bad and len(examples) < 8:
+                examples.append(f"{s.name} {t}: {bad} out of order / wrong offset")
+            # gaps: offsets in (top0, last delivered] that nobody was
+            # acknowledged for and that did not arrive either (a message
+            # Redis took whose publisher never heard back)
+            if st.top0 is not None and st.era == 0 and not st.announced:
+                offs = {o for _, _, o, _ in st.deliveries if o is not None}
+                if offs:
+                    acked_offs = {o for o in want.values() if o is not None}
+                    hole = [o for o in range(st.top0 + 1, max(offs) + 1)
+                            if o not in offs and o not in acked_offs]
+                    gaps += len(hole)
+                    if hole and len(examples) < 8:
+                        examples.append(f"{s.name} {t}: offsets never delivered (unacknowledged): {hole[:5]}")
+            for pr in s.problems[:3]:
+                if len(notes) < 30:
+                    notes.append(f"{s.name}: {pr}")
+    for p in run.pubs:
+        for pr in p.problems[:3]:
+            notes.append(f"{p.name}: {pr}")
+    if reused:
+        disorder += reused
+    not_acked = sum(sum(p.errors.values()) + p.unknown for p in run.pubs)
+    err_codes = Counter()
+    for p in run.pubs:
+        err_codes.update(p.errors)
+    disc = [d for s in run.subs for d in s.disconnects]
+    codes = Counter(str(c) for _, c in disc)
+    resumes = [r for s in run.subs for r in s.resumes]
+    worst = max(resumes) if resumes else None
+    reconnecting = [s.name for s in run.subs if len(s.disconnects) > len(s.resumes)]
+    if reconnecting:
+        notes.append(f"{len(reconnecting)} subscribers had not resumed at the end: "
+                     f"{', '.join(reconnecting[:10])}")
+    if hit:
+        notes.append(f"losses at {len(hit)} of {sum(len(s.topics) for s in run.subs)} "
+                     f"subscriber-topics ({len({n for n, _ in hit})} subscribers)")
+    notes += examples
+    if unacked_seen:
+        notes.append(f"{unacked_seen} deliveries of messages whose publisher got no "
+                     f"acknowledgement (allowed)")
+    if missed:
+        notes.append(f"slow-subscriber drops reported (\"missed\"): {missed}")
+    if run.sub_errors:
+        notes.append(f"subscribe errors (asked again): {dict(run.sub_errors)}")
+    for ev in run.rfalse_events[:5]:
+        notes.append("recovered:false: {} {} had epoch {} offset {}, got epoch {} offset {}".format(*ev))
+    row = {
+        "scenario": run.name,
+        "acked": n_acked,
+        "not acked": not_acked,
+        "expected": expected,
+        "delivered": run.delivered,
+        "lost": lost,
+        "duplicated": dup,
+        "disorder": disorder,
+        "gaps": gaps,
+        "recovered:false": rfalse,
+        "disconnects": len(disc),
+        "worst resume": f"{worst:.2f} s" if worst is not None else "-",
+        "notes": {"faults": run.faults, "close codes": dict(codes),
+                  "publish errors": dict(err_codes), "text": notes,
+                  "announced": announced, "resumes": len(resumes),
+                  "reconnecting": len(reconnecting)},
+    }
+    return row
+
+
+def row_failed(row):
+    """What is wrong with a row (empty: nothing)."""
+    bad = [k for k in ("lost", "duplicated", "disorder", "gaps", "recovered:false") if row[k]]
+    if row["expected"] == 0:
+        bad.append("nothing expected (no message acknowledged)")
+    if row["notes"]["reconnecting"]:
+        bad.append("subscribers not resumed")
+    return bad
 
 
 # ---------------------------------------------------------------- report
@@ -1194,6 +1216,8 @@ def report_markdown(ch, verdict):
             lines.append(f"  - {t}")
     if ch.notes:
         lines += ["", "Notes:", ""] + [f"- {t}" for t in ch.notes]
+    if ch.cpu:
+        lines += ["", f"The harness itself used {ch.cpu}."]
     return "\n".join(lines) + "\n"
 
 
@@ -1267,6 +1291,7 @@ def main(argv=None):
     o = parse_args(sys.argv[1:] if argv is None else argv)
     if o.seed is not None:
         random.seed(o.seed)
+    t_main = time.monotonic()
     ch = Chaos(o)
     try:
         ch.git_rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
@@ -1325,7 +1350,9 @@ def main(argv=None):
     else:
         ok = not failures and not ch.failed and status == 0
         verdict = "PASS" if ok else "FAIL: " + "; ".join(
-            [f"{s}: {', '.join(b)}" for s, b in failures] or ["see notes"])
+            [f"{s}: {', '.join(b)}" for s, b in failures]
+            + ([f"the run did not complete ({harness_error})"] if harness_error else [])
+            or ["see notes"])
     if not ok and status == 0:
         status = 1
 
@@ -1339,6 +1366,10 @@ def main(argv=None):
             print(f"  - {t}")
     for t in ch.notes:
         print(f"note: {t}")
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    ch.cpu = (f"{ru.ru_utime + ru.ru_stime:.1f} s of CPU in {time.monotonic() - t_main:.0f} s "
+              f"(one process, one event loop)")
+    print(f"harness: {ch.cpu}")
     print(f"\n{verdict}")
     if o.report:
         Path(o.report).parent.mkdir(parents=True, exist_ok=True)
