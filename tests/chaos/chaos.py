@@ -964,8 +964,7 @@ class Chaos:
             t_recovered = time.monotonic()
             # load after the recovery: the rest of the scenario, at least 1.5 s
             await asyncio.sleep(max(1.5, o.duration - (t_recovered - t_start)))
-            for p in run.pubs:
-                await p.stop()
+            await asyncio.gather(*(p.stop() for p in run.pubs))
             acked = acked_by_topic(run)
             n_acked = sum(len(v) for v in acked.values())
             log(f"  fault took {t_recovered - t_fault:.1f} s; {n_acked} acknowledged; "
