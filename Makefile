@@ -24,7 +24,7 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wstrict-prototypes -Wwrite-strings \
-           -Wshadow -Wno-unused-parameter
+           -Wshadow
 DEPFLAGS = -MMD -MP
 PKGS    := libuv jansson hiredis zlib libcrypto libjwt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -49,8 +49,9 @@ COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common
               common/redisaddr.c common/shm.c common/http.c common/frame.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
-              worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c
-BUS_SRC    := redis/bridge.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
+              worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c \
+              worker/recovery.c
+BUS_SRC    := redis/bridge.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)

@@ -39,6 +39,9 @@ static const struct opt opts[] = {
      "text (one human line per event) or json (one object per line)"},
     {"shutdown-grace", OPT_INT, OFF(shutdown_grace), 0, 3600, "10",
      "seconds to wait for closing handshakes on SIGTERM/SIGINT"},
+    {"drain-window", OPT_INT, OFF(drain_window), 0, 3600, "5",
+     "seconds over which SIGTERM and SIGHUP close clients (spread, not all at once); "
+     "at most --shutdown-grace (a longer window is cut to it)"},
     {"handshake-timeout", OPT_INT, OFF(handshake_timeout), 1, 3600, "10",
      "seconds a client has to send its complete HTTP upgrade request"},
     {"redis", OPT_STR, OFF(redis), 0, 0, "",
@@ -46,6 +49,13 @@ static const struct opt opts[] = {
      "port 6379, db 0, host may be [IPv6]) or unix:/path; empty = embedded redis-server"},
     {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
      "prefix of the Redis channel of every topic"},
+    {"history-size", OPT_INT, OFF(history_size), 0, 1000000, "0",
+     "messages kept per topic in Redis so clients can resume (0 = no history)"},
+    {"history-ttl", OPT_INT, OFF(history_ttl), 1, 31536000, "300",
+     "seconds a topic's history lives after its last publish"},
+    {"history-topics", OPT_STR, OFF(history_topics), 0, 0, "*",
+     "comma-separated topics that keep history: exact names or prefixes ending in * "
+     "(as in JWT claims)"},
     {"no-compression", OPT_BOOL, OFF(no_compression), 0, 1, "0",
      "never negotiate permessage-deflate"},
     {"compression-threshold", OPT_SIZE, OFF(compression_threshold), 0, 64LL << 20, "256",
@@ -189,6 +199,12 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
     return -1;
   }
+  /* the drain happens within the grace period */
+  if (cfg->drain_window > cfg->shutdown_grace) cfg->drain_window = cfg->shutdown_grace;
+  if (strchr(cfg->redis_prefix, '{') || strchr(cfg->redis_prefix, '}')) {
+    snprintf(err, errlen, "--redis-prefix must not contain '{' or '}' (they make Redis Cluster hash tags)");
+    return -1;
+  }
   if (strlen(cfg->redis_prefix) > REDIS_PREFIX_MAX_LEN) {
     snprintf(err, errlen, "--redis-prefix is longer than %d bytes", REDIS_PREFIX_MAX_LEN);
     return -1;
@@ -278,11 +294,13 @@ void config_log(const struct config *c) {
   log_info("options", "options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
-           "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds",
+           "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds "
+           "history-size=%d history-ttl=%ds history-topics='%s' drain-window=%ds",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
            log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
            where, c->redis_prefix,
            c->proxy_protocol ? "on" : "off", c->no_compression ? "off" : "permessage-deflate",
-           c->compression_threshold, c->max_queued_bytes, c->slow_policy, c->slow_grace);
+           c->compression_threshold, c->max_queued_bytes, c->slow_policy, c->slow_grace,
+           c->history_size, c->history_ttl, c->history_topics, c->drain_window);
 }

@@ -53,6 +53,10 @@ struct config {
   const char *slow_policy; /* "drop" or "disconnect" */
   int slow_disconnect;     /* slow_policy == "disconnect" */
   int slow_grace;          /* seconds over the cap before disconnecting */
+  int history_size;        /* messages kept per topic; 0 = no history */
+  int history_ttl;         /* seconds a topic's history lives after its last publish */
+  const char *history_topics; /* comma-separated patterns of topics with history */
+  int drain_window;        /* seconds over which a drain closes clients */
   int help;
   int version;
 };

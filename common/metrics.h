@@ -27,6 +27,10 @@ enum metric_counter {
   M_SLOW_DISCONNECTS,  /* subscribers closed for slowness */
   M_RATE_LIMITED,      /* messages refused by the rate limit */
   M_REDIS_RECONNECTS,  /* Redis connections re-established */
+  M_HISTORY_DUPLICATES, /* messages with an offset already delivered, dropped */
+  M_HISTORY_CATCHUPS,  /* history reads to fill a gap in a topic's offsets */
+  M_RESUMES,           /* subscribes with "since" answered recovered:true */
+  M_RESUMES_FAILED,    /* ... answered recovered:false */
   M_REJECT_FIRST,      /* + enum reject_reason: handshakes refused */
   M__COUNT = M_REJECT_FIRST + REJECT__COUNT
 };

@@ -14,4 +14,13 @@
 enum { TOPIC_EEMPTY = -1, TOPIC_ETOOLONG = -2, TOPIC_ECHAR = -3 };
 int topic_validate(const char *name, size_t len);
 
+/* 1 when topic[0..tlen) matches pattern[0..plen): the same name, or, for a
+ * pattern ending in '*', a name that starts with what comes before it
+ * ("news.*" matches "news.a"; "*" matches every topic).  Else 0. */
+int topic_match(const char *pattern, size_t plen, const char *topic, size_t tlen);
+
+/* 1 when topic matches any pattern of a comma-separated list ("a,b.*");
+ * spaces around the patterns are ignored.  Else 0. */
+int topic_match_list(const char *list, const char *topic, size_t tlen);
+
 #endif

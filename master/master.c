@@ -283,7 +283,7 @@ static void on_kill_timer(uv_timer_t *t) {
     log_warn("shutdown_kill", "workers still running after the grace period: killing them");
     signal_children(m, SIGKILL, 0);
   } else {
-    signal_children(m, SIGTERM, 1); /* reload: the new workers are up */
+    signal_children(m, SIGUSR1, 1); /* reload: the new workers are up; old ones drain with 1012 */
   }
 }
 

@@ -33,26 +33,15 @@
 #include "../common/metrics.h"
 #include "../common/redisaddr.h"
 #include "../worker/bus.h"
+#include "bridge.h"
 #include "uvadapter.h"
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 1000 /* publishes work again within a second of Redis' return */
 #define CONNECT_TIMEOUT_MS 5000
 #define RESUB_BATCH 500 /* channels per SUBSCRIBE when re-subscribing */
-#define CHANNEL_MAX (REDIS_PREFIX_MAX_LEN + TOPIC_MAX_LEN)
 
 static const struct backoff reconnect_policy = {RECONNECT_MIN_MS, RECONNECT_MAX_MS, 1};
-
-struct rconn {
-  struct bus *b;
-  const char *name; /* "command" or "subscriber" */
-  redisAsyncContext *ac;
-  int connected;
-  unsigned attempts;
-  uv_timer_t retry;
-  uv_getaddrinfo_t gai;
-  int resolving;
-};
 
 /* A channel whose UNSUBSCRIBE has not been confirmed yet. */
 struct unsub {
@@ -60,17 +49,6 @@ struct unsub {
   int resubscribe; /* a local client joined again meanwhile */
   size_t len;
   char channel[];
-};
-
-struct bus {
-  struct bus_env env;
-  struct redis_addr addr;
-  char where[160];
-  const char *prefix;
-  size_t prefix_len;
-  struct rconn cmd, sub;
-  struct unsub *unsubs;
-  int closing;
 };
 
 static void rconn_start(struct rconn *rc);
@@ -102,7 +80,7 @@ static void set_gauge(struct bus *b) { metric_gauge(b->env.m, G_REDIS_CONNECTED,
 
 /* ---- subscriber side ---- */
 
-static size_t channel_of(const struct bus *b, const char *topic, size_t tlen, char *out) {
+size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char *out) {
   assert(tlen <= TOPIC_MAX_LEN && b->prefix_len <= REDIS_PREFIX_MAX_LEN);
   memcpy(out, b->prefix, b->prefix_len);
   memcpy(out + b->prefix_len, topic, tlen);
@@ -124,6 +102,8 @@ static void send_subscribe(struct bus *b, const char *channel, size_t len) {
   size_t lens[2] = {9, len};
   if (redisAsyncCommandArgv(b->sub.ac, on_sub_reply, b, 2, argv, lens) != REDIS_OK)
     sub_reset(b, "a SUBSCRIBE");
+  else
+    history_sub_sent(b, 1);
 }
 
 static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len, struct unsub ***pp) {
@@ -143,8 +123,17 @@ static void on_message(struct bus *b, const redisReply *chan, const redisReply *
              (size_t)msg->len, (int)chan->len, chan->str);
     return;
   }
-  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len,
-                      msg->str, (size_t)msg->len, 0);
+  struct bus_pos pos;
+  const char *payload = msg->str;
+  size_t plen = (size_t)msg->len;
+  int env = history_parse_envelope(msg->str, (size_t)msg->len, &pos, &payload, &plen);
+  if (env < 0) {
+    log_warn("bus_message_dropped", "dropping a malformed history envelope on channel %.*s", (int)chan->len,
+             chan->str);
+    return;
+  }
+  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len, payload,
+                      plen, 0, env ? &pos : NULL);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
@@ -156,6 +145,8 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING) return;
   if (strcmp(kind->str, "message") == 0) {
     on_message(b, chan, reply->element[2]);
+  } else if (strcmp(kind->str, "subscribe") == 0) {
+    history_sub_confirmed(b);
   } else if (strcmp(kind->str, "unsubscribe") == 0) {
     struct unsub **pp;
     struct unsub *u = find_unsub(b, chan->str, (size_t)chan->len, &pp);
@@ -169,7 +160,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
 void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
   if (!b->sub.connected) return; /* subscribed on (re)connect */
   char ch[CHANNEL_MAX];
-  size_t n = channel_of(b, topic, tlen, ch);
+  size_t n = bridge_channel(b, topic, tlen, ch);
   struct unsub *u = find_unsub(b, ch, n, NULL);
   if (u) {
     u->resubscribe = 1;
@@ -181,7 +172,7 @@ void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
 void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
   if (!b->sub.connected) return;
   char ch[CHANNEL_MAX];
-  size_t n = channel_of(b, topic, tlen, ch);
+  size_t n = bridge_channel(b, topic, tlen, ch);
   struct unsub *u = find_unsub(b, ch, n, NULL);
   if (u) {
     u->resubscribe = 0;
@@ -222,6 +213,8 @@ static void resub_flush(struct resub *r) {
   r->lens[0] = 9;
   if (redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens) != REDIS_OK)
     r->failed = 1;
+  else
+    history_sub_sent(r->b, (size_t)r->n);
   r->n = 0;
 }
 
@@ -231,7 +224,7 @@ static void resub_one(void *arg, const char *topic, size_t tlen) {
   char *ch = r->names[r->n];
   r->n++;
   r->argv[r->n] = ch;
-  r->lens[r->n] = channel_of(r->b, topic, tlen, ch);
+  r->lens[r->n] = bridge_channel(r->b, topic, tlen, ch);
   r->topics++;
   if (r->n == RESUB_BATCH) resub_flush(r);
 }
@@ -248,7 +241,7 @@ static void resubscribe_all(struct bus *b) {
   r->topics = 0;
   b->env.host.each_topic(b->env.host.arg, resub_one, r);
   resub_flush(r);
-  if (r->failed) sub_reset(b, "the re-subscription");
+  if (r->failed || history_resync_after(b) < 0) sub_reset(b, "the re-subscription");
   else if (r->topics) log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
   free(r);
 }
@@ -306,8 +299,13 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   rc->ac = NULL;
   int was = rc->connected;
   rc->connected = 0;
+  if (rc == &rc->b->sub) {
+    free_unsubs(rc->b);
+    history_sub_reset(rc->b);
+  } else {
+    history_cmd_down(rc->b);
+  }
   set_gauge(rc->b);
-  if (rc == &rc->b->sub) free_unsubs(rc->b);
   if (rc->b->closing) return;
   if (was)
     log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,
@@ -325,6 +323,7 @@ static int handshake(struct rconn *rc, redisAsyncContext *ac) {
   }
   /* SELECT would not change what a subscriber hears: Pub/Sub ignores databases */
   if (ok == REDIS_OK && rc == &rc->b->cmd && a->db) ok = redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
+  if (ok == REDIS_OK && rc == &rc->b->cmd && history_load(rc->b, ac) < 0) ok = REDIS_ERR;
   /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
    * from the first write event, which only a queued command asks for */
   if (ok == REDIS_OK) ok = redisAsyncCommand(ac, NULL, NULL, "PING");
@@ -417,6 +416,11 @@ struct bus *bus_new(const struct bus_env *env) {
     return NULL;
   }
   redis_addr_describe(&b->addr, b->where, sizeof(b->where));
+  if (history_init(b) < 0) {
+    log_error("redis_config_failed", "cannot build the history function library");
+    free(b);
+    return NULL;
+  }
   b->prefix = env->cfg->redis_prefix;
   b->prefix_len = strlen(b->prefix);
   struct rconn *rcs[2] = {&b->cmd, &b->sub};
@@ -454,17 +458,21 @@ void bus_free(struct bus *b) {
   if (b->cmd.resolving) uv_cancel((uv_req_t *)&b->cmd.gai);
   if (b->sub.resolving) uv_cancel((uv_req_t *)&b->sub.gai);
   free_unsubs(b);
+  history_free(b);
   uv_close((uv_handle_t *)&b->cmd.retry, on_timer_closed);
   uv_close((uv_handle_t *)&b->sub.retry, on_timer_closed);
 }
 
-int bus_ready(const struct bus *b) { return b && b->cmd.connected && b->sub.connected; }
+int bus_ready(const struct bus *b) {
+  return b && b->cmd.connected && b->sub.connected && (!b->lib || b->lib_loaded);
+}
 
 const char *bus_not_ready_reason(const struct bus *b) {
   if (!b) return "no Redis bus";
   if (!b->cmd.connected && !b->sub.connected) return "Redis not connected";
   if (!b->cmd.connected) return "Redis command connection down";
   if (!b->sub.connected) return "Redis subscriber connection down";
+  if (b->lib && !b->lib_loaded) return "Redis history functions not loaded (they need Redis 7)";
   return "ready";
 }
 
@@ -478,19 +486,20 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv) {
   struct pending *p = priv;
   redisReply *reply = r;
   int err = reply && reply->type == REDIS_REPLY_INTEGER ? BUS_OK : BUS_EUNAVAILABLE;
-  p->b->env.host.published(p->b->env.host.arg, p->req, err);
+  p->b->env.host.published(p->b->env.host.arg, p->req, err, NULL);
   free(p);
 }
 
 int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
-                void *req) {
+                int keep, void *req) {
   if (!b->cmd.connected) return BUS_EUNAVAILABLE;
+  char ch[CHANNEL_MAX];
+  size_t n = bridge_channel(b, topic, tlen, ch);
+  if (keep && b->lib) return history_publish(b, ch, n, payload, plen, req);
   struct pending *p = malloc(sizeof(*p));
   if (!p) return BUS_ENOMEM;
   p->b = b;
   p->req = req;
-  char ch[CHANNEL_MAX];
-  size_t n = channel_of(b, topic, tlen, ch);
   const char *argv[3] = {"PUBLISH", ch, payload};
   size_t lens[3] = {7, n, plen};
   if (redisAsyncCommandArgv(b->cmd.ac, on_published, p, 3, argv, lens) != REDIS_OK) {

@@ -14,6 +14,8 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "../common/topic.h"
+
 struct auth {
   enum auth_alg alg;
   jwt_alg_t jalg;
@@ -417,11 +419,7 @@ int auth_allows(const struct auth_grant *g, enum auth_action act, const char *to
     size_t pl = *p++;
     const char *pat = (const char *)p;
     p += pl;
-    if (pat[pl - 1] == '*') {
-      if (len >= pl - 1 && memcmp(topic, pat, pl - 1) == 0) return 1;
-    } else if (len == pl && memcmp(topic, pat, pl) == 0) {
-      return 1;
-    }
+    if (topic_match(pat, pl, topic, len)) return 1;
   }
   return 0;
 }

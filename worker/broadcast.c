@@ -1,6 +1,7 @@
 #include "broadcast.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,7 @@
 #include "conn.h"
 #include "../common/frame.h"
 #include "pmd.h"
+#include "recovery.h"
 #include "slow.h"
 #include "topics.h"
 #include "worker.h"
@@ -49,10 +51,15 @@ static int is_valid_json(const char *p, size_t n) {
   return 1;
 }
 
-/* Writes the frame for notification parts into a new sbuf. */
+#define OFFSET_MEMBER_MAX 32 /* ,"offset":<20 digits> */
+
+/* Writes the frame for notification parts into a new sbuf; offset 0: the
+ * message has no place in a history, and the frame no "offset". */
 static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payload,
-                                size_t plen) {
-  size_t jlen = sizeof(pre) - 1 + tlen + sizeof(mid) - 1 + plen + 1;
+                                size_t plen, uint64_t offset) {
+  char off[OFFSET_MEMBER_MAX] = "";
+  int ol = offset ? snprintf(off, sizeof(off), ",\"offset\":%llu", (unsigned long long)offset) : 0;
+  size_t jlen = sizeof(pre) - 1 + tlen + sizeof(mid) - 1 + plen + (size_t)ol + 1;
   struct sbuf *b = sbuf_new(FRAME_HEADER_MAX + jlen);
   if (!b) return NULL;
   size_t h = frame_header(b->data, FRAME_TEXT, 0, jlen);
@@ -65,13 +72,17 @@ static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payl
   o += sizeof(mid) - 1;
   memcpy(o, payload, plen);
   o += plen;
+  memcpy(o, off, (size_t)ol);
+  o += ol;
   *o++ = '}';
   b->len = (size_t)(o - b->data);
   return b;
 }
 
-char *broadcast_notification(const char *topic, size_t tlen, const char *payload, size_t plen,
-                             int is_json, size_t *len) {
+/* The frame of a notification whose payload may not be JSON (checked, and
+ * sent as a JSON string if not). */
+static struct sbuf *notification_frame(const char *topic, size_t tlen, const char *payload, size_t plen,
+                                       int is_json, uint64_t offset) {
   char *enc = NULL;
   if (!is_json && !is_valid_json(payload, plen)) {
     enc = as_json_string(payload, plen);
@@ -79,10 +90,32 @@ char *broadcast_notification(const char *topic, size_t tlen, const char *payload
     payload = enc;
     plen = strlen(enc);
   }
-  struct sbuf *b = build_frame(topic, tlen, payload, plen);
+  struct sbuf *b = build_frame(topic, tlen, payload, plen, offset);
   free(enc);
+  return b;
+}
+
+static size_t header_len(const struct sbuf *b) { return b->data[1] < 126 ? 2 : b->data[1] == 126 ? 4 : 10; }
+
+char *broadcast_payload_json(const char *payload, size_t plen, size_t *len) {
+  if (!is_valid_json(payload, plen)) {
+    char *enc = as_json_string(payload, plen);
+    if (enc) *len = strlen(enc);
+    return enc;
+  }
+  char *out = malloc(plen + 1);
+  if (!out) return NULL;
+  memcpy(out, payload, plen);
+  out[plen] = '\0';
+  *len = plen;
+  return out;
+}
+
+char *broadcast_notification(const char *topic, size_t tlen, const char *payload, size_t plen,
+                             int is_json, uint64_t offset, size_t *len) {
+  struct sbuf *b = notification_frame(topic, tlen, payload, plen, is_json, offset);
   if (!b) return NULL;
-  size_t h = b->data[1] < 126 ? 2 : b->data[1] == 126 ? 4 : 10;
+  size_t h = header_len(b);
   char *out = malloc(b->len - h + 1);
   if (out) {
     memcpy(out, b->data + h, b->len - h);
@@ -93,41 +126,35 @@ char *broadcast_notification(const char *topic, size_t tlen, const char *payload
   return out;
 }
 
-size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *payload,
-                 size_t plen, int is_json) {
+struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen, const char *payload,
+                                 size_t plen, int is_json, uint64_t offset) {
+  struct worker *w = c->w;
+  struct sbuf *plain = notification_frame(topic, tlen, payload, plen, is_json, offset);
+  if (!plain) return NULL;
+  size_t hdr = header_len(plain), jlen = plain->len - hdr;
+  if (!c->pmd || w->cfg->no_compression || jlen < w->cfg->compression_threshold) return plain;
+  struct sbuf *d = pmd_frame(&w->pmd, (int)c->pmd_bits, FRAME_TEXT, plain->data + hdr, jlen);
+  if (!d) return plain;
+  sbuf_unref(plain);
+  return d;
+}
+
+size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t plen, int is_json,
+                 uint64_t offset) {
   uint64_t born_us = uv_hrtime() / 1000;
-  struct topic *t = topics_find(&w->topics, topic, tlen);
-  if (!t) return 0;
-  char *enc = NULL;
-  if (!is_json && !is_valid_json(payload, plen)) {
-    enc = as_json_string(payload, plen);
-    if (!enc) return 0;
-    payload = enc;
-    plen = strlen(enc);
-  }
-  struct sbuf *plain = build_frame(topic, tlen, payload, plen);
-  free(enc);
+  struct sbuf *plain = notification_frame(t->name, t->len, payload, plen, is_json, offset);
   if (!plain) return 0;
   plain->born_us = born_us;
   /* Compressed forms are made on first need, once per window size (one in
    * practice): never once per subscriber. */
   struct sbuf *deflated[PMD_MAX_BITS + 1] = {0};
-  size_t hdr = plain->data[1] < 126 ? 2 : plain->data[1] == 126 ? 4 : 10;
+  size_t hdr = header_len(plain);
   size_t jlen = plain->len - hdr;
   int compress = !w->cfg->no_compression && jlen >= w->cfg->compression_threshold;
   size_t n = 0, extra_raw = 0;
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
-    if (slow_skip(c)) continue; /* told later, with "missed" */
-    if (c->missed) {
-      int extra = slow_send_missed(c, plain->data + hdr, jlen, born_us);
-      if (extra >= 0) {
-        n++;
-        extra_raw += (size_t)extra;
-      }
-      continue;
-    }
     struct sbuf *f = plain;
     if (compress && c->pmd) {
       unsigned bits = c->pmd_bits;
@@ -136,6 +163,19 @@ size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *p
         if (deflated[bits]) deflated[bits]->born_us = born_us;
       }
       if (deflated[bits]) f = deflated[bits];
+    }
+    if (s->ext) { /* a resuming subscription: kept until its history is out */
+      recovery_hold(s, f, offset);
+      continue;
+    }
+    if (slow_skip(c)) continue; /* told later, with "missed" */
+    if (c->missed) {
+      int extra = slow_send_missed(c, plain->data + hdr, jlen, born_us);
+      if (extra >= 0) {
+        n++;
+        extra_raw += (size_t)extra;
+      }
+      continue;
     }
     if (conn_send_ref(c, f) == 0) n++;
   }

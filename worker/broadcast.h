@@ -11,16 +11,34 @@
 #define TIDINGS_BROADCAST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct worker;
+struct topic;
+struct conn;
+struct sbuf;
 
-/* Returns the number of subscribers the message was queued to. */
-size_t broadcast(struct worker *w, const char *topic, size_t tlen, const char *payload,
-                 size_t plen, int is_json);
+/* Delivers to every subscriber of t; offset (0: none) is the message's
+ * place in the topic's history and goes into the notification as
+ * "offset":N.  A subscription waiting for its history (ext set) keeps the
+ * frame for later (recovery_hold).  Returns the number of subscribers the
+ * message was queued to. */
+size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t plen, int is_json,
+                 uint64_t offset);
+
+/* The notification frame for one connection (compressed if it negotiated
+ * permessage-deflate and the message is over the threshold), refcount 1,
+ * or NULL.  For messages only c gets: a resumed subscription's history. */
+struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen, const char *payload,
+                                 size_t plen, int is_json, uint64_t offset);
+
+/* payload as a JSON value: a copy when it is JSON, else a JSON string (as
+ * in notifications).  Returns a malloc'ed string and its length, or NULL. */
+char *broadcast_payload_json(const char *payload, size_t plen, size_t *len);
 
 /* Builds the notification JSON for payload (checked as above).  Returns a
  * malloc'ed string and its length in *len, or NULL.  Exposed for tests. */
 char *broadcast_notification(const char *topic, size_t tlen, const char *payload, size_t plen,
-                             int is_json, size_t *len);
+                             int is_json, uint64_t offset, size_t *len);
 
 #endif

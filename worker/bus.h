@@ -11,9 +11,10 @@
  *
  * Both directions, all on the worker's loop (single-threaded):
  *
- *   worker -> bus      bus_publish, bus_topic_first, bus_topic_last,
- *                      bus_ready, bus_not_ready_reason
- *   bus -> worker      struct bus_host: deliver, published, each_topic
+ *   worker -> bus      bus_publish, bus_history, bus_topic_first,
+ *                      bus_topic_last, bus_ready, bus_not_ready_reason
+ *   bus -> worker      struct bus_host: deliver, published, history,
+ *                      each_topic, resynced
  *
  * Memory: every pointer passed in either direction is borrowed for the
  * length of the call; whoever keeps bytes copies them.  The bus_env (and the
@@ -23,11 +24,38 @@
 #define TIDINGS_BUS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct config;
 struct metrics;
 struct bus;
+
+/* An epoch: an opaque string that changes whenever a topic's history may
+ * have been lost; at most BUS_EPOCH_MAX bytes of [A-Za-z0-9-]. */
+#define BUS_EPOCH_MAX 32
+
+/* Where a message stands in its topic's history: its offset (one more than
+ * the previous message's) within the epoch. */
+struct bus_pos {
+  uint64_t offset; /* >= 1 */
+  char epoch[BUS_EPOCH_MAX + 1];
+};
+
+struct bus_msg {
+  uint64_t offset;
+  const char *payload;
+  size_t plen;
+};
+
+/* The answer to bus_history(): what the topic's history holds now. */
+struct bus_history {
+  const char *epoch; /* "" when the topic has no history */
+  uint64_t top;      /* the newest offset, 0 when none */
+  uint64_t first;    /* the oldest offset still held, 0 when none */
+  size_t count;
+  const struct bus_msg *msgs; /* the messages after `since`, oldest first */
+};
 
 /* What a publish can fail with. */
 enum bus_err {
@@ -42,21 +70,35 @@ struct bus_host {
 
   /* A message for topic arrived.  is_json: the bus vouches that payload is
    * valid JSON (it came from this server's own validated publish);
-   * otherwise the worker checks it (an outside `redis-cli PUBLISH`). */
+   * otherwise the worker checks it (an outside `redis-cli PUBLISH`).  pos:
+   * its place in the topic's history, or NULL for a message that has none
+   * (a topic without history, a plain PUBLISH from outside). */
   void (*deliver)(void *arg, const char *topic, size_t tlen, const char *payload, size_t plen,
-                  int is_json);
+                  int is_json, const struct bus_pos *pos);
 
   /* A publish accepted by bus_publish() (it returned 0) has finished: err
-   * is BUS_OK when the bus took the message, or BUS_EUNAVAILABLE.  Called exactly once per accepted publish, never from
+   * is BUS_OK when the bus took the message, or BUS_EUNAVAILABLE.  pos: the
+   * place the message got in its topic's history (a publish with keep set),
+   * else NULL.  Called exactly once per accepted publish, never from
    * inside bus_publish(), possibly after the worker's own delivery of the
    * same message. */
-  void (*published)(void *arg, void *req, int err);
+  void (*published)(void *arg, void *req, int err, const struct bus_pos *pos);
 
   /* Calls fn once for each topic that has local subscribers (a bus
    * re-subscribes them after it lost its connection).  fn may not change
    * the topic table. */
   void (*each_topic)(void *arg, void (*fn)(void *fnarg, const char *topic, size_t tlen),
                      void *fnarg);
+
+  /* The answer to bus_history(): err is BUS_OK with h, or BUS_EUNAVAILABLE
+   * with h NULL.  Exactly once per accepted request, never from inside
+   * bus_history(). */
+  void (*history)(void *arg, void *req, int err, const struct bus_history *h);
+
+  /* The bus' subscriptions came back after an interruption (everything is
+   * subscribed again): messages published meanwhile reached no one here,
+   * and the worker may catch up from history. */
+  void (*resynced)(void *arg);
 };
 
 struct bus_env {
@@ -79,8 +121,16 @@ void bus_free(struct bus *b);
 
 /* Hands a message to the bus.  Returns BUS_OK when accepted (host.published
  * fires later with req), or a negative enum bus_err at once, in which case
- * the callback never fires.  payload is valid JSON. */
+ * the callback never fires.  payload is valid JSON.  keep: store it in the
+ * topic's history (--history-size messages for --history-ttl seconds) and
+ * give it an offset, in one atomic step with its delivery. */
 int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
+                int keep, void *req);
+
+/* Reads the topic's history: the messages after offset since (0: all that
+ * is held), at most limit of them.  Returns BUS_OK (host.history fires
+ * later with req) or a negative enum bus_err at once. */
+int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit,
                 void *req);
 
 /* The topic got its first local subscriber / lost its last one.  A bus

@@ -4,7 +4,8 @@
  * Redis.  It keeps the contract's promises that the worker relies on: the
  * published() callback never fires inside bus_publish() (it comes from an
  * idle handle on the next loop turn), every accepted publish gets one, and
- * bus_free() answers those still pending with BUS_EUNAVAILABLE.
+ * bus_free() answers those still pending with BUS_EUNAVAILABLE.  It keeps
+ * no history: bus_history() is refused.
  *
  * bus_local_set_ready() lets a test take the bus down and up again. */
 #include <stdlib.h>
@@ -45,7 +46,7 @@ static void answer_all(struct bus *b, int err) {
     struct done *d = b->head;
     b->head = d->next;
     if (!b->head) b->tail = &b->head;
-    b->env.host.published(b->env.host.arg, d->req, err);
+    b->env.host.published(b->env.host.arg, d->req, err, NULL);
     free(d);
   }
 }
@@ -65,7 +66,8 @@ void bus_free(struct bus *b) {
 }
 
 int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
-                void *req) {
+                int keep, void *req) {
+  (void)keep; /* no history here: every message goes without an offset */
   if (!b->ready) return BUS_EUNAVAILABLE;
   /* an idle handle that runs with nothing to answer is harmless */
   if (uv_idle_start(&b->idle, on_idle) != 0) return BUS_ENOMEM;
@@ -75,8 +77,18 @@ int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *paylo
   d->next = NULL;
   *b->tail = d;
   b->tail = &d->next;
-  b->env.host.deliver(b->env.host.arg, topic, tlen, payload, plen, 1);
+  b->env.host.deliver(b->env.host.arg, topic, tlen, payload, plen, 1, NULL);
   return BUS_OK;
+}
+
+int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit, void *req) {
+  (void)b;
+  (void)topic;
+  (void)tlen;
+  (void)since;
+  (void)limit;
+  (void)req;
+  return BUS_EUNAVAILABLE; /* the local bus keeps no history */
 }
 
 void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {

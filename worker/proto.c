@@ -18,6 +18,7 @@ const char *proto_err_code(int err) {
     case PROTO_EBUS: return "bus_unavailable";
     case PROTO_EFORBIDDEN: return "forbidden";
     case PROTO_ERATE: return "rate_limited";
+    case PROTO_ENOHISTORY: return "no_history";
     default: return "internal_error";
   }
 }
@@ -32,6 +33,7 @@ const char *proto_err_text(int err) {
     case PROTO_EBUS: return "Message bus unavailable, message not published";
     case PROTO_EFORBIDDEN: return "Not allowed for this topic";
     case PROTO_ERATE: return "Rate limit exceeded";
+    case PROTO_ENOHISTORY: return "This topic keeps no history";
     default: return "Internal server error";
   }
 }
@@ -60,10 +62,15 @@ static int send_parts(const struct proto_ops *ops, void *ctx, const char *head, 
 
 int proto_reply_status(const struct proto_ops *ops, void *ctx, const char *status,
                        const char *topic, size_t tlen, const char *id_json) {
-  char head[256];
+  return proto_reply_status_ext(ops, ctx, status, topic, tlen, NULL, id_json);
+}
+
+int proto_reply_status_ext(const struct proto_ops *ops, void *ctx, const char *status,
+                           const char *topic, size_t tlen, const char *extra, const char *id_json) {
+  char head[384];
   /* topic is a validated name: no character needs escaping */
-  int n = snprintf(head, sizeof(head), "{\"status\":\"%s\",\"topic\":\"%.*s\"", status,
-                   (int)tlen, topic);
+  int n = snprintf(head, sizeof(head), "{\"status\":\"%s\",\"topic\":\"%.*s\"%s%s", status,
+                   (int)tlen, topic, extra ? "," : "", extra ? extra : "");
   if (n < 0 || (size_t)n >= sizeof(head)) return -1;
   return send_parts(ops, ctx, head, (size_t)n, id_json);
 }
@@ -153,6 +160,43 @@ int proto_find_member(const char *s, size_t len, const char *key, size_t *start,
   }
 }
 
+/* An epoch as servers hand them out: 1..PROTO_EPOCH_MAX of [A-Za-z0-9-]. */
+static int valid_epoch(const char *e, size_t n) {
+  if (n == 0 || n > PROTO_EPOCH_MAX) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = e[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-')) return 0;
+  }
+  return 1;
+}
+
+/* A non-negative JSON integer member, or dflt when absent.  Returns 0 or
+ * PROTO_EFORMAT. */
+static int get_count(json_t *obj, const char *key, unsigned long long dflt, unsigned long long *out) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) {
+    *out = dflt;
+    return PROTO_OK;
+  }
+  if (!json_is_integer(v) || json_integer_value(v) < 0) return PROTO_EFORMAT;
+  *out = (unsigned long long)json_integer_value(v);
+  return PROTO_OK;
+}
+
+/* "since":{"offset":N,"epoch":"E"} of a subscribe; *has is 0 without it. */
+static int get_since(json_t *root, struct proto_since *since, int *has) {
+  json_t *s = json_object_get(root, "since");
+  *has = s != NULL;
+  if (!s) return PROTO_OK;
+  json_t *o = json_object_get(s, "offset"), *e = json_object_get(s, "epoch");
+  if (!json_is_object(s) || !json_is_integer(o) || json_integer_value(o) < 0 || !json_is_string(e) ||
+      !valid_epoch(json_string_value(e), json_string_length(e)))
+    return PROTO_EFORMAT;
+  since->offset = (unsigned long long)json_integer_value(o);
+  memcpy(since->epoch, json_string_value(e), json_string_length(e) + 1);
+  return PROTO_OK;
+}
+
 static int get_topic(json_t *root, const char **topic, size_t *tlen) {
   json_t *t = json_object_get(root, "topic");
   if (!json_is_string(t)) return PROTO_EFORMAT;
@@ -198,8 +242,8 @@ int proto_handle(const struct proto_ops *ops, void *ctx, const char *msg, size_t
     goto done;
   }
   int is_sub = strcmp(tv, "subscribe") == 0, is_unsub = strcmp(tv, "unsubscribe") == 0,
-      is_pub = strcmp(tv, "publish") == 0;
-  if (!is_sub && !is_unsub && !is_pub) {
+      is_pub = strcmp(tv, "publish") == 0, is_hist = strcmp(tv, "history") == 0;
+  if (!is_sub && !is_unsub && !is_pub && !is_hist) {
     rc = PROTO_ETYPE;
     goto reply_error;
   }
@@ -208,10 +252,32 @@ int proto_handle(const struct proto_ops *ops, void *ctx, const char *msg, size_t
     if (rc == PROTO_EFORMAT) topic = NULL;
     goto reply_error;
   }
-  if (is_sub || is_unsub) {
-    rc = is_sub ? ops->subscribe(ctx, topic, tlen) : ops->unsubscribe(ctx, topic, tlen);
+  if (is_sub) {
+    struct proto_since since;
+    int has_since;
+    if ((rc = get_since(root, &since, &has_since)) != PROTO_OK) goto reply_error;
+    rc = ops->subscribe(ctx, topic, tlen, has_since ? &since : NULL, id_json);
     if (rc < 0) goto reply_error;
-    proto_reply_status(ops, ctx, is_sub ? "subscribed" : "unsubscribed", topic, tlen, id_json);
+    if (rc == PROTO_OK) proto_reply_status(ops, ctx, "subscribed", topic, tlen, id_json);
+    goto done;
+  }
+  if (is_unsub) {
+    rc = ops->unsubscribe(ctx, topic, tlen);
+    if (rc < 0) goto reply_error;
+    proto_reply_status(ops, ctx, "unsubscribed", topic, tlen, id_json);
+    goto done;
+  }
+  if (is_hist) {
+    unsigned long long since, limit;
+    if ((rc = get_count(root, "since", 0, &since)) != PROTO_OK ||
+        (rc = get_count(root, "limit", PROTO_HISTORY_LIMIT_MAX, &limit)) != PROTO_OK)
+      goto reply_error;
+    if (limit == 0 || limit > PROTO_HISTORY_LIMIT_MAX) {
+      rc = PROTO_EFORMAT;
+      goto reply_error;
+    }
+    rc = ops->history(ctx, topic, tlen, since, (unsigned)limit, id_json);
+    if (rc < 0) goto reply_error;
     goto done;
   }
   /* publish: forward the payload's own bytes, never a re-encoding */

@@ -28,19 +28,37 @@ enum proto_err {
   PROTO_EFORBIDDEN = -7,  /* not allowed by the client's token */
   PROTO_ERATE = -8,       /* rate limit */
   PROTO_EINTERNAL = -9,   /* out of memory and the like */
+  PROTO_ENOHISTORY = -10, /* history asked of a topic that keeps none */
 };
 
+/* Where a resuming subscriber left off: the last offset it received and
+ * the epoch it belonged to. */
+#define PROTO_EPOCH_MAX 32
+struct proto_since {
+  unsigned long long offset;
+  char epoch[PROTO_EPOCH_MAX + 1];
+};
+
+/* The most messages one history request returns (a client pages on). */
+#define PROTO_HISTORY_LIMIT_MAX 100
+
 struct proto_ops {
-  /* Each returns PROTO_OK, PROTO_PENDING (publish only) or a negative
-   * enum proto_err.  topic is validated before the call.  id_json is the
-   * request's "id" serialized as JSON (NUL-terminated), or NULL; a
-   * PENDING publish copies it for its later reply. */
-  int (*subscribe)(void *ctx, const char *topic, size_t tlen);
+  /* Each returns PROTO_OK, PROTO_PENDING (the operation replies later) or
+   * a negative enum proto_err.  topic is validated before the call.
+   * id_json is the request's "id" serialized as JSON (NUL-terminated), or
+   * NULL; a PENDING operation copies it for its later reply.  since is the
+   * subscribe request's "since", or NULL. */
+  int (*subscribe)(void *ctx, const char *topic, size_t tlen, const struct proto_since *since,
+                   const char *id_json);
   int (*unsubscribe)(void *ctx, const char *topic, size_t tlen);
   int (*publish)(void *ctx, const char *topic, size_t tlen, const char *payload, size_t plen,
                  const char *id_json);
   /* Sends one text message; returns 0 or -1. */
   int (*send)(void *ctx, const char *msg, size_t len);
+  /* {"type":"history","topic":T,"since":N,"limit":L}: PROTO_PENDING or an
+   * error; limit is 1..PROTO_HISTORY_LIMIT_MAX. */
+  int (*history)(void *ctx, const char *topic, size_t tlen, unsigned long long since,
+                 unsigned limit, const char *id_json);
 };
 
 /* Handles one text message.  Returns the enum proto_err of the request
@@ -50,6 +68,10 @@ int proto_handle(const struct proto_ops *ops, void *ctx, const char *msg, size_t
 /* Sends {"status":status,"topic":topic[,"id":id]}. */
 int proto_reply_status(const struct proto_ops *ops, void *ctx, const char *status,
                        const char *topic, size_t tlen, const char *id_json);
+/* The same with members of extra (JSON members without braces, e.g.
+ * "offset":5) after the topic; extra may be NULL. */
+int proto_reply_status_ext(const struct proto_ops *ops, void *ctx, const char *status,
+                           const char *topic, size_t tlen, const char *extra, const char *id_json);
 
 /* Sends {"error":text,"code":code[,"topic":topic][,"id":id]}; topic may be
  * NULL.  topic is escaped, so any bytes are safe. */

@@ -1,5 +1,6 @@
 #include "pubsub.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +9,11 @@
 #include "bus.h"
 #include "conn.h"
 #include "proto.h"
+#include "recovery.h"
 #include "worker.h"
 #include "ws.h"
+
+#define OFFSET_EXTRA_MAX 32 /* "offset":<20 digits> */
 
 /* A publish the bus has accepted and not yet answered. */
 struct pub_req {
@@ -20,21 +24,25 @@ struct pub_req {
 };
 
 static void on_deliver(void *arg, const char *topic, size_t tlen, const char *payload, size_t plen,
-                       int is_json) {
+                       int is_json, const struct bus_pos *pos) {
   struct worker *w = arg;
   metric_add(w->m, M_BUS_MESSAGES, 1);
-  broadcast(w, topic, tlen, payload, plen, is_json);
+  recovery_deliver(w, topic, tlen, payload, plen, is_json, pos);
 }
 
 static int proto_err_of(int bus_err) { return bus_err == BUS_ENOMEM ? PROTO_EINTERNAL : PROTO_EBUS; }
 
-static void on_published(void *arg, void *req, int err) {
+static void on_published(void *arg, void *req, int err, const struct bus_pos *pos) {
   struct worker *w = arg;
   struct pub_req *p = req;
   struct conn *c = p->c;
   if (ws_can_send(c)) {
-    if (err == 0) proto_reply_status(&ws_proto_ops, c, "published", p->topic, p->tlen, p->id_json);
-    else proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
+    char extra[OFFSET_EXTRA_MAX];
+    if (pos) snprintf(extra, sizeof(extra), "\"offset\":%llu", (unsigned long long)pos->offset);
+    if (err == 0)
+      proto_reply_status_ext(&ws_proto_ops, c, "published", p->topic, p->tlen, pos ? extra : NULL, p->id_json);
+    else
+      proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
   }
   metric_add(w->m, err == 0 ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
   conn_unref(c);
@@ -59,8 +67,29 @@ static void on_each_topic(void *arg, void (*fn)(void *fnarg, const char *topic, 
   topics_each(&w->topics, each_one, &e);
 }
 
-static void on_topic_first(void *arg, const struct topic *t) { bus_topic_first(arg, t->name, t->len); }
-static void on_topic_last(void *arg, const struct topic *t) { bus_topic_last(arg, t->name, t->len); }
+static void on_history(void *arg, void *req, int err, const struct bus_history *h) {
+  recovery_on_history(arg, req, err, h);
+}
+
+static void on_resynced(void *arg) { recovery_resynced(arg); }
+
+static void on_topic_first(void *arg, struct topic *t) {
+  struct worker *w = arg;
+  if (recovery_topic_start(w, t) < 0)
+    log_warn("history_unavailable", "topic %s: out of memory: delivered without offset tracking", t->name);
+  bus_topic_first(w->bus, t->name, t->len);
+}
+
+static void on_topic_last(void *arg, struct topic *t) {
+  struct worker *w = arg;
+  bus_topic_last(w->bus, t->name, t->len);
+  recovery_topic_end(t);
+}
+
+static void on_sub_gone(void *arg, struct sub *s) {
+  (void)arg;
+  recovery_sub_gone(s);
+}
 
 int pubsub_start(struct worker *w) {
   struct bus_env env = {
@@ -68,19 +97,26 @@ int pubsub_start(struct worker *w) {
       .cfg = w->cfg,
       .m = w->m,
       .worker_id = w->id,
-      .host = {.arg = w, .deliver = on_deliver, .published = on_published, .each_topic = on_each_topic},
+      .host = {.arg = w,
+               .deliver = on_deliver,
+               .published = on_published,
+               .each_topic = on_each_topic,
+               .history = on_history,
+               .resynced = on_resynced},
   };
   w->bus = bus_new(&env);
   if (!w->bus) return -1;
   w->topics.on_first = on_topic_first;
   w->topics.on_last = on_topic_last;
-  w->topics.cb_arg = w->bus;
+  w->topics.on_sub_gone = on_sub_gone;
+  w->topics.cb_arg = w;
   return 0;
 }
 
 void pubsub_stop(struct worker *w) {
   w->topics.on_first = NULL;
   w->topics.on_last = NULL;
+  w->topics.on_sub_gone = NULL;
   bus_free(w->bus);
   w->bus = NULL;
 }
@@ -99,7 +135,7 @@ int pubsub_publish(struct conn *c, const char *topic, size_t tlen, const char *p
     return PROTO_EINTERNAL;
   }
   conn_ref(c);
-  int rc = bus_publish(w->bus, topic, tlen, payload, plen, p);
+  int rc = bus_publish(w->bus, topic, tlen, payload, plen, recovery_keeps(w, topic, tlen), p);
   if (rc < 0) {
     conn_unref(c);
     free(p->id_json);

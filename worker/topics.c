@@ -99,6 +99,8 @@ int topics_subscribe(struct topics *ts, struct sub **list, void *subscriber, con
   }
   s->topic = t;
   s->subscriber = subscriber;
+  s->ext = NULL;
+  s->seen = 0;
   s->tprev = NULL;
   s->tnext = t->subs;
   if (t->subs) t->subs->tprev = s;
@@ -116,6 +118,7 @@ static void unlink_sub(struct topics *ts, struct sub *s) {
   if (s->tprev) s->tprev->tnext = s->tnext;
   else t->subs = s->tnext;
   if (s->tnext) s->tnext->tprev = s->tprev;
+  if (s->ext && ts->on_sub_gone) ts->on_sub_gone(ts->cb_arg, s);
   free(s);
   if (--t->count == 0) {
     if (ts->on_last) ts->on_last(ts->cb_arg, t);

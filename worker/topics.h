@@ -6,14 +6,15 @@
  * opaque pointers (struct conn *) the table never dereferences.
  *
  * The first subscription to a topic and the removal of its last one are
- * reported through the on_first/on_last callbacks, which is where the Redis
- * bridge subscribes and unsubscribes the topic's channel.  Callbacks must
- * not modify the table.
+ * reported through the on_first/on_last callbacks, which is where the
+ * worker subscribes and unsubscribes the topic on its bus.  Callbacks must
+ * not modify the table; they may set and free the ext fields.
  */
 #ifndef TIDINGS_TOPICS_H
 #define TIDINGS_TOPICS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct sub;
 
@@ -21,6 +22,7 @@ struct topic {
   struct topic *hnext;
   struct sub *subs;
   size_t count;
+  void *ext; /* the owner's, NULL at first; release it in on_last */
   size_t len;
   char name[]; /* NUL-terminated */
 };
@@ -30,14 +32,18 @@ struct sub {
   void *subscriber;
   struct sub *tprev, *tnext; /* on the topic */
   struct sub *cnext;         /* on the subscriber's list */
+  void *ext;                 /* the owner's, NULL at first; see on_sub_gone */
+  uint64_t seen; /* the owner's: highest history offset it was sent, 0 at first */
 };
 
 struct topics {
   struct topic **buckets;
   size_t nbuckets; /* power of two */
   size_t ntopics;
-  void (*on_first)(void *arg, const struct topic *t);
-  void (*on_last)(void *arg, const struct topic *t);
+  void (*on_first)(void *arg, struct topic *t);
+  void (*on_last)(void *arg, struct topic *t);
+  /* A subscription whose ext is set is about to be freed. */
+  void (*on_sub_gone)(void *arg, struct sub *s);
   void *cb_arg;
 };
 

@@ -24,6 +24,7 @@
  * master logs it and backs off. */
 #define WORKER_EXIT_LISTEN 3
 #define TICK_MS 1000 /* deadlines, heartbeat and gauges */
+#define DRAIN_STEP_MS 50 /* the drain closes a share of the clients this often */
 #define LISTEN_BACKLOG 4096
 
 
@@ -138,6 +139,7 @@ static void on_prepare(uv_prepare_t *h) { conn_flush_dirty(h->data); }
 
 static void finish(struct worker *w) {
   uv_timer_stop(&w->grace);
+  uv_timer_stop(&w->drain);
   uv_stop(w->loop);
 }
 
@@ -153,15 +155,42 @@ static void on_grace(uv_timer_t *t) {
   EACH_CONN(w->handshaking, c, { conn_close(c); });
 }
 
-void worker_shutdown(struct worker *w) {
+/* Closes the next share of the open connections, so that the drain ends
+ * --drain-window seconds after it began: reconnects arrive spread out, not
+ * all in the same moment. */
+static void on_drain_step(uv_timer_t *t) {
+  struct worker *w = t->data;
+  uint64_t elapsed = uv_now(w->loop) - w->drain_started;
+  uint64_t window = (uint64_t)w->cfg->drain_window * 1000;
+  size_t due = elapsed >= window ? w->drain_total : (size_t)((w->drain_total * elapsed + window - 1) / window);
+  while (w->drain_closed < due && w->open.first) {
+    ws_close(w->open.first, w->drain_code, w->drain_code == CLOSE_SERVICE_RESTART ? "service restart"
+                                                                                   : "server shutting down");
+    w->drain_closed++;
+  }
+  if (!w->open.first) uv_timer_stop(&w->drain);
+}
+
+void worker_shutdown(struct worker *w, uint16_t code) {
   if (w->shutting_down) return;
   w->shutting_down = 1;
-  log_info("shutdown", "shutting down: %zu connection(s), grace %ds", w->open.count, w->cfg->shutdown_grace);
+  log_info("shutdown", "%s: %zu connection(s) closed over %ds, grace %ds",
+           code == CLOSE_SERVICE_RESTART ? "reload" : "shutting down", w->open.count, w->cfg->drain_window,
+           w->cfg->shutdown_grace);
   stop_listening(w);
   EACH_CONN(w->handshaking, c, {
     if (c->state == CONN_HTTP) conn_close(c);
   });
-  EACH_CONN(w->open, c, { ws_close(c, 1001, "server shutting down"); });
+  w->drain_code = code;
+  w->drain_total = w->open.count;
+  w->drain_closed = 0;
+  w->drain_started = uv_now(w->loop);
+  if (w->cfg->drain_window > 0 && w->open.count > 1) {
+    /* ws_close() moves a connection off w->open: the next is first */
+    uv_timer_start(&w->drain, on_drain_step, 0, DRAIN_STEP_MS);
+  } else {
+    EACH_CONN(w->open, c, { ws_close(c, code, code == CLOSE_SERVICE_RESTART ? "service restart" : "server shutting down"); });
+  }
   if (w->nconns == 0) {
     finish(w);
     return;
@@ -172,7 +201,8 @@ void worker_shutdown(struct worker *w) {
 static void on_signal(uv_signal_t *s, int signum) {
   struct worker *w = s->data;
   if (signum == SIGHUP) return; /* the master handles reloads */
-  worker_shutdown(w);
+  /* SIGUSR1: the master replaces this worker (a reload) */
+  worker_shutdown(w, signum == SIGUSR1 ? CLOSE_SERVICE_RESTART : CLOSE_GOING_AWAY);
 }
 
 /* Starts the timers, the flusher and the signal handlers.  Returns 0 or a
@@ -180,17 +210,18 @@ static void on_signal(uv_signal_t *s, int signum) {
 static int start_handles(struct worker *w) {
   int rc;
   if ((rc = uv_timer_init(w->loop, &w->tick)) != 0 || (rc = uv_timer_init(w->loop, &w->grace)) != 0 ||
+      (rc = uv_timer_init(w->loop, &w->drain)) != 0 ||
       (rc = uv_check_init(w->loop, &w->flusher)) != 0 ||
       (rc = uv_prepare_init(w->loop, &w->flusher_pre)) != 0)
     return rc;
-  w->tick.data = w->grace.data = w->flusher.data = w->flusher_pre.data = w;
+  w->tick.data = w->grace.data = w->drain.data = w->flusher.data = w->flusher_pre.data = w;
   if ((rc = uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS)) != 0 ||
       (rc = uv_check_start(&w->flusher, on_check)) != 0 ||
       (rc = uv_prepare_start(&w->flusher_pre, on_prepare)) != 0)
     return rc;
-  uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup};
-  int nums[] = {SIGTERM, SIGINT, SIGHUP};
-  for (int i = 0; i < 3; i++) {
+  uv_signal_t *sigs[] = {&w->sig_term, &w->sig_int, &w->sig_hup, &w->sig_usr1};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+  for (int i = 0; i < 4; i++) {
     if ((rc = uv_signal_init(w->loop, sigs[i])) != 0) return rc;
     sigs[i]->data = w;
     if ((rc = uv_signal_start(sigs[i], on_signal, nums[i])) != 0) return rc;

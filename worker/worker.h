@@ -40,8 +40,12 @@ struct worker {
   uv_timer_t tick;    /* 1 s: deadlines and heartbeat */
   uv_check_t flusher; /* after I/O callbacks: flush dirty connections */
   uv_prepare_t flusher_pre; /* before polling: flush what timers queued */
-  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
   uv_timer_t grace;
+  uv_timer_t drain;        /* closes clients spread over --drain-window */
+  uint64_t drain_started;  /* loop ms */
+  size_t drain_total, drain_closed;
+  uint16_t drain_code;
   uint64_t ticks;
   int shutting_down;
   struct conn_list handshaking; /* HTTP phase and lingering closes: have deadlines */
@@ -72,8 +76,16 @@ int worker_main(const struct config *cfg, int id);
 struct worker *worker_new(const struct config *cfg, int id, int *status);
 void worker_free(struct worker *w);
 
-/* Begins the graceful shutdown (also what SIGTERM does). */
-void worker_shutdown(struct worker *w);
+/* Close codes of a drain: the server goes away (SIGTERM), or restarts and
+ * a client should reconnect at once and resume (a reload: SIGUSR1 from the
+ * master). */
+#define CLOSE_GOING_AWAY 1001
+#define CLOSE_SERVICE_RESTART 1012
+
+/* Begins the graceful shutdown: no new connections; open ones get a close
+ * with code, spread over --drain-window; whatever is left after
+ * --shutdown-grace is cut. */
+void worker_shutdown(struct worker *w, uint16_t code);
 
 /* Called by conn.c when a connection is gone; ends the shutdown when the
  * last one leaves. */

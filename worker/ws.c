@@ -12,6 +12,7 @@
 #include "pmd.h"
 #include "proto.h"
 #include "pubsub.h"
+#include "recovery.h"
 #include "worker.h"
 
 /* How long a closing connection waits for the peer's close frame. */
@@ -96,7 +97,8 @@ static int op_send(void *ctx, const char *msg, size_t len) {
   return send_frame(c, FRAME_TEXT, (const uint8_t *)msg, len);
 }
 
-static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
+static int op_subscribe(void *ctx, const char *topic, size_t tlen, const struct proto_since *since,
+                        const char *id_json) {
   struct conn *c = ctx;
   struct worker *w = c->w;
   if (w->auth && !auth_allows(c->grant, AUTH_SUBSCRIBE, topic, tlen)) return PROTO_EFORBIDDEN;
@@ -108,8 +110,16 @@ static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
   }
   int rc = topics_subscribe(&w->topics, &c->subs, c, topic, tlen);
   if (rc < 0) return PROTO_EINTERNAL;
-  c->nsubs += rc;
-  return PROTO_OK;
+  /* already subscribed: the subscription goes on as it is */
+  if (rc == 0 || !c->subs->topic->ext) {
+    c->nsubs += rc;
+    return PROTO_OK;
+  }
+  c->nsubs++;
+  /* a topic with history: the reply carries its epoch and offset */
+  rc = recovery_subscribe(c, c->subs, since, id_json);
+  if (rc < 0 && topics_unsubscribe(&w->topics, &c->subs, topic, tlen)) c->nsubs--;
+  return rc;
 }
 
 static int op_unsubscribe(void *ctx, const char *topic, size_t tlen) {
@@ -126,7 +136,14 @@ static int op_publish(void *ctx, const char *topic, size_t tlen, const char *pay
   return pubsub_publish(c, topic, tlen, payload, plen, id_json);
 }
 
-const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send};
+static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
+                      const char *id_json) {
+  struct conn *c = ctx;
+  if (c->w->auth && !auth_allows(c->grant, AUTH_SUBSCRIBE, topic, tlen)) return PROTO_EFORBIDDEN;
+  return recovery_query(c, topic, tlen, since, limit, id_json);
+}
+
+const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send, op_history};
 
 /* The per-connection token bucket of --rate-limit/--rate-burst.  A message
  * over the limit gets an error reply; a client that keeps sending after

@@ -21,6 +21,7 @@
  *  - proto_find_member() on valid JSON finds the value jansson finds, and
  *    never misses a key when the text has no escapes at all; on any input it
  *    stays inside the buffer. */
+#include <ctype.h>
 #include <jansson.h>
 #include <string.h>
 
@@ -112,11 +113,28 @@ static void check_topic(const char *topic, size_t tlen) {
   FUZZ_CHECK(topic[0] != '.');
 }
 
-static int op_subscribe(void *ctx, const char *topic, size_t tlen) {
+static int op_subscribe(void *ctx, const char *topic, size_t tlen, const struct proto_since *since,
+                        const char *id_json) {
   static const int res[4] = {PROTO_OK, PROTO_ETOOMANY, PROTO_EFORBIDDEN, PROTO_EINTERNAL};
   struct fake *f = ctx;
+  (void)id_json;
   check_topic(topic, tlen);
+  if (since) {
+    size_t n = strlen(since->epoch);
+    FUZZ_CHECK(n >= 1 && n <= PROTO_EPOCH_MAX);
+    for (size_t i = 0; i < n; i++) FUZZ_CHECK(since->epoch[i] == '-' || isalnum((unsigned char)since->epoch[i]));
+  }
   return f->last_sub = res[f->ctl & 3];
+}
+
+static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
+                      const char *id_json) {
+  (void)ctx;
+  (void)since;
+  (void)id_json;
+  check_topic(topic, tlen);
+  FUZZ_CHECK(limit >= 1 && limit <= PROTO_HISTORY_LIMIT_MAX);
+  return PROTO_ENOHISTORY;
 }
 
 static int op_unsubscribe(void *ctx, const char *topic, size_t tlen) {
@@ -150,7 +168,7 @@ static int op_publish(void *ctx, const char *topic, size_t tlen, const char *pay
   return rc;
 }
 
-static const struct proto_ops fake_ops = {op_subscribe, op_unsubscribe, op_publish, op_send};
+static const struct proto_ops fake_ops = {op_subscribe, op_unsubscribe, op_publish, op_send, op_history};
 
 static void check_find_member(const char *s, size_t len, json_t *root, int no_escapes) {
   static const char *const keys[] = {"payload", "id", "type", "topic", ""};
@@ -196,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   int rc = proto_handle(&fake_ops, &f, msg, len);
-  FUZZ_CHECK(rc >= PROTO_EINTERNAL && rc <= PROTO_PENDING);
+  FUZZ_CHECK(rc >= PROTO_ENOHISTORY && rc <= PROTO_PENDING);
   if (rc == PROTO_PENDING) {
     FUZZ_CHECK(f.last_pub == PROTO_PENDING);
     check_replies(&f, rc, 0);

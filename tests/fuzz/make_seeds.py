@@ -115,12 +115,16 @@ P = {
     "not_object": (0x00, '["type","ping"]'),
     "not_json": (0x00, '{"type":'),
     "big_id": (0x00, '{"type":"ping","id":"' + "i" * 600 + '"}'),
+    "sub_since": (0x00, '{"type":"subscribe","topic":"news","since":{"offset":41,"epoch":"tpbu-6c-19d7"},"id":2}'),
+    "sub_since_bad": (0x00, '{"type":"subscribe","topic":"news","since":{"offset":-1,"epoch":"a:b"}}'),
+    "history": (0x00, '{"type":"history","topic":"news","since":3,"limit":100,"id":"h"}'),
+    "history_bad_limit": (0x00, '{"type":"history","topic":"news","limit":0}'),
 }
 for k, (ctl, msg) in P.items():
     write("proto", k, bytes([ctl]) + msg.encode("latin-1"))
 write_dict("proto", [
     '"type"', '"topic"', '"payload"', '"id"', '"subscribe"', '"unsubscribe"', '"publish"',
-    '"ping"', "{", "}", "[", "]", ":", ",", "null", "true", "false", '"\\u0000"', '\\"', "\\\\",
+    '"ping"', '"history"', '"since"', '"offset"', '"epoch"', '"limit"', "{", "}", "[", "]", ":", ",", "null", "true", "false", '"\\u0000"', '\\"', "\\\\",
     "1e400", "-0.0", "\\ud83d\\ude00",
 ])
 

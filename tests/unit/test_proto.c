@@ -17,9 +17,13 @@
 
 struct fake {
   /* what the operations return */
-  int sub_rc, unsub_rc, pub_rc, send_rc;
+  int sub_rc, unsub_rc, pub_rc, send_rc, hist_rc;
   /* what they were called with (the last call) */
-  int nsub, nunsub, npub;
+  int nsub, nunsub, npub, nhist;
+  int has_since;
+  struct proto_since since;
+  unsigned long long hist_since;
+  unsigned hist_limit;
   char topic[512];
   size_t tlen;
   char *payload; /* heap copy */
@@ -39,11 +43,34 @@ static void record_topic(struct fake *f, const char *topic, size_t tlen) {
   f->tlen = tlen;
 }
 
-static int fake_subscribe(void *ctx, const char *topic, size_t tlen) {
+static void record_id(struct fake *f, const char *id_json) {
+  f->has_id = id_json != NULL;
+  if (id_json) {
+    assert_true(strlen(id_json) < sizeof(f->id));
+    strcpy(f->id, id_json);
+  }
+}
+
+static int fake_subscribe(void *ctx, const char *topic, size_t tlen, const struct proto_since *since,
+                          const char *id_json) {
   struct fake *f = ctx;
   f->nsub++;
   record_topic(f, topic, tlen);
+  f->has_since = since != NULL;
+  if (since) f->since = *since;
+  record_id(f, id_json);
   return f->sub_rc;
+}
+
+static int fake_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
+                        const char *id_json) {
+  struct fake *f = ctx;
+  f->nhist++;
+  record_topic(f, topic, tlen);
+  f->hist_since = since;
+  f->hist_limit = limit;
+  record_id(f, id_json);
+  return f->hist_rc;
 }
 
 static int fake_unsubscribe(void *ctx, const char *topic, size_t tlen) {
@@ -63,11 +90,7 @@ static int fake_publish(void *ctx, const char *topic, size_t tlen, const char *p
   assert_non_null(f->payload);
   memcpy(f->payload, payload, plen);
   f->plen = plen;
-  f->has_id = id_json != NULL;
-  if (id_json) {
-    assert_true(strlen(id_json) < sizeof(f->id));
-    strcpy(f->id, id_json);
-  }
+  record_id(f, id_json);
   return f->pub_rc;
 }
 
@@ -89,6 +112,7 @@ static const struct proto_ops OPS = {
     .unsubscribe = fake_unsubscribe,
     .publish = fake_publish,
     .send = fake_send,
+    .history = fake_history,
 };
 
 static int setup(void **state) {
@@ -339,6 +363,81 @@ static void test_publish_pending(void **state) {
   expect_reply(f,
                "{\"error\":\"Message bus unavailable, message not published\","
                "\"code\":\"bus_unavailable\",\"topic\":\"t\",\"id\":9}");
+}
+
+static void test_subscribe_since(void **state) {
+  F;
+  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":41,\"epoch\":\"ab-9Z\"}}"),
+                   PROTO_OK);
+  assert_int_equal(f->has_since, 1);
+  assert_int_equal(f->since.offset, 41);
+  assert_string_equal(f->since.epoch, "ab-9Z");
+  expect_reply(f, "{\"status\":\"subscribed\",\"topic\":\"t\"}");
+  /* a plain subscribe has none */
+  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\"}"), PROTO_OK);
+  assert_int_equal(f->has_since, 0);
+  expect_reply(f, "{\"status\":\"subscribed\",\"topic\":\"t\"}");
+  /* the operation answers later: nothing now */
+  f->sub_rc = PROTO_PENDING;
+  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"id\":3,\"since\":{\"offset\":0,\"epoch\":\"e\"}}"),
+                   PROTO_PENDING);
+  assert_string_equal(f->id, "3");
+  expect_no_reply(f);
+}
+
+static void test_subscribe_bad_since(void **state) {
+  F;
+  static const char *const bad[] = {
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":5}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":-1,\"epoch\":\"e\"}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1.5,\"epoch\":\"e\"}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1,\"epoch\":\"\"}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1,\"epoch\":\"a:b\"}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1,\"epoch\":\"123456789012345678901234567890123\"}}",
+      "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":1,\"epoch\":7}}",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(handle(f, bad[i]), PROTO_EFORMAT);
+    expect_reply(f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
+  }
+  assert_int_equal(f->nsub, 0);
+}
+
+static void test_history(void **state) {
+  F;
+  f->hist_rc = PROTO_PENDING;
+  assert_int_equal(handle(f, "{\"type\":\"history\",\"topic\":\"t\",\"since\":7,\"limit\":5,\"id\":1}"),
+                   PROTO_PENDING);
+  assert_int_equal(f->nhist, 1);
+  assert_int_equal(f->hist_since, 7);
+  assert_int_equal(f->hist_limit, 5);
+  assert_string_equal(f->id, "1");
+  expect_no_reply(f);
+  /* defaults: everything held, at most PROTO_HISTORY_LIMIT_MAX */
+  assert_int_equal(handle(f, "{\"type\":\"history\",\"topic\":\"t\"}"), PROTO_PENDING);
+  assert_int_equal(f->hist_since, 0);
+  assert_int_equal(f->hist_limit, PROTO_HISTORY_LIMIT_MAX);
+  static const char *const bad[] = {
+      "{\"type\":\"history\",\"topic\":\"t\",\"limit\":0}",
+      "{\"type\":\"history\",\"topic\":\"t\",\"limit\":101}",
+      "{\"type\":\"history\",\"topic\":\"t\",\"since\":-1}",
+      "{\"type\":\"history\",\"topic\":\"t\",\"since\":\"3\"}",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(handle(f, bad[i]), PROTO_EFORMAT);
+    expect_reply(f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
+  }
+  assert_int_equal(f->nhist, 2);
+  f->hist_rc = PROTO_ENOHISTORY;
+  assert_int_equal(handle(f, "{\"type\":\"history\",\"topic\":\"t\"}"), PROTO_ENOHISTORY);
+  expect_reply(f, "{\"error\":\"This topic keeps no history\",\"code\":\"no_history\",\"topic\":\"t\"}");
+}
+
+static void test_reply_status_ext(void **state) {
+  F;
+  assert_int_equal(proto_reply_status_ext(&OPS, f, "published", "t", 1, "\"offset\":12", "\"x\""), 0);
+  expect_reply(f, "{\"status\":\"published\",\"topic\":\"t\",\"offset\":12,\"id\":\"x\"}");
 }
 
 /* ---- errors ---- */
@@ -747,6 +846,10 @@ int main(void) {
       T(test_publish_escaped_payload_key),
       T(test_publish_large_payload),
       T(test_publish_pending),
+      T(test_subscribe_since),
+      T(test_subscribe_bad_since),
+      T(test_history),
+      T(test_reply_status_ext),
       T(test_invalid_json),
       T(test_not_an_object),
       T(test_bad_type),

@@ -23,7 +23,7 @@ struct events {
   int ntopics_at_first, ntopics_at_last;
 };
 
-static void on_first(void *arg, const struct topic *t) {
+static void on_first(void *arg, struct topic *t) {
   struct events *e = arg;
   e->nfirst++;
   snprintf(e->last_first, sizeof(e->last_first), "%s", t->name);
@@ -34,7 +34,7 @@ static void on_first(void *arg, const struct topic *t) {
   assert_ptr_equal(topics_find(e->ts, t->name, t->len), t);
 }
 
-static void on_last(void *arg, const struct topic *t) {
+static void on_last(void *arg, struct topic *t) {
   struct events *e = arg;
   e->nlast++;
   snprintf(e->last_last, sizeof(e->last_last), "%s", t->name);
