@@ -4,6 +4,7 @@ something.  No server is started; runs in well under a second.
 
     /usr/bin/python3 -m pytest -q tests/chaos/test_counting.py
 """
+import asyncio
 import json
 import os
 import sys
@@ -186,3 +187,39 @@ def test_every_subscriber_and_topic_counts():
     feed(sub, subscribed(10), subscribed(20, topic="chaos.t01"), note(1, 11))
     got, _ = row_of(run)
     assert got == {**clean(2), "lost": 1}
+
+
+class FakeWS:
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, text):
+        self.sent.append(json.loads(text))
+
+
+def test_a_refused_resume_is_counted_and_the_topic_subscribed_afresh():
+    # a topic without messages yet answers epoch "" (before the fix of the
+    # server's empty-epoch resume); a resume with it was refused
+    run, sub = make_run([(T, 1, 1), (T, 2, 2), (T, 3, 3)])
+    feed(sub, subscribed(0, epoch=""), note(1, 1))
+    assert json.loads(sub.subscribe_request(T))["since"] == {"offset": 1, "epoch": ""}
+    ws = FakeWS()
+    asyncio.run(sub.on_sub_error(ws, T, {"error": "Invalid message format", "code": "invalid_format",
+                                         "topic": T, "id": f"sub:{T}"}))
+    assert ws.sent == [{"type": "subscribe", "topic": T, "id": f"sub:{T}"}]
+    feed(sub, subscribed(2), note(3, 3))  # message 2 was missed
+    got, row = row_of(run)
+    assert got == {**clean(3), "lost": 1}
+    assert row["refused"] == 1
+    assert chaos.row_failed(row) == ["lost", "refused"]
+
+
+def test_bus_unavailable_to_a_resume_asks_again_with_since():
+    run, sub = make_run([])
+    feed(sub, subscribed(5))
+    sub.subscribe_request(T)
+    ws = FakeWS()
+    asyncio.run(sub.on_sub_error(ws, T, {"error": "x", "code": "bus_unavailable", "topic": T,
+                                         "id": f"sub:{T}"}))
+    assert ws.sent[0]["since"] == {"offset": 5, "epoch": EPOCH}
+    assert chaos.count(run)["refused"] == 0
