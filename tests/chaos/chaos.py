@@ -422,7 +422,7 @@ def backoff(attempt):
 
 class TopicState:
     __slots__ = ("epoch", "last", "top0", "epoch0", "deliveries", "ids", "rfalse", "announced",
-                 "since_sent", "era", "refused", "sub_retries")
+                 "since_sent", "era", "refused", "sub_retries", "marks")
 
     def __init__(self):
         self.epoch = None        # epoch of the last reply
@@ -437,6 +437,7 @@ class TopicState:
         self.era = 0             # bumped by recovered:false (offsets may start over)
         self.refused = 0         # resumes refused with an error
         self.sub_retries = 0     # subscribes asked again after bus_unavailable
+        self.marks = []          # (index into deliveries, event): replies, disconnects
 
 
 class Subscriber:
@@ -533,6 +534,8 @@ class Subscriber:
             if t_disc is None:
                 t_disc = now
             self.disconnects.append((now, code))
+            for st in self.state.values():
+                st.marks.append((len(st.deliveries), f"[closed {code}]"))
             delay = self.forced_delay if self.forced_delay is not None else backoff(attempt)
             self.forced_delay = None
             attempt += 1
@@ -550,6 +553,7 @@ class Subscriber:
         self.run_.count_sub_error(code)
         if st.since_sent and code not in ("bus_unavailable", "internal_error"):
             self.run_.refused.append((self.name, topic, st.last, st.epoch, code))
+            st.marks.append((len(st.deliveries), f"[resume since {st.last} refused: {code}]"))
             st.epoch = None  # the next request has no "since"
             st.refused += 1
         else:
@@ -587,6 +591,9 @@ class Subscriber:
         st = self.state[t]
         epoch, top = m.get("epoch"), m.get("offset")
         rec = m.get("recovered")
+        st.marks.append((len(st.deliveries),
+                         f"[{'resume since ' + str(st.last) if st.since_sent else 'subscribe'}: "
+                         f"top {top}{'' if rec is None else ', recovered ' + str(rec).lower()}]"))
         if st.top0 is None and not st.since_sent:
             st.top0, st.epoch0 = top, epoch
         if epoch is None:
@@ -1028,6 +1035,8 @@ class Chaos:
                     p.task.cancel()
                     await asyncio.gather(p.task, return_exceptions=True)
         row = self.check(run)
+        if self.o.dump:
+            self.dump(run)
         self.scan_logs(name)
         self.rows.append(row)
         log("  " + " ".join(f"{k}={v}" for k, v in row.items() if k != "notes"))
@@ -1046,8 +1055,61 @@ class Chaos:
     def check(self, run):
         return count(run)
 
+    def dump(self, run):
+        """--dump DIR: the whole story of every subscriber-topic that lost,
+        duplicated or reordered something, one file per scenario."""
+        acked = acked_by_topic(run)
+        lines = []
+        for s in run.subs:
+            for t in s.topics:
+                st = s.state[t]
+                want = acked.get(t, {})
+                seen = Counter((p, q) for p, q, _, _ in st.deliveries)
+                offs = [o for _, _, o, _ in st.deliveries if o is not None]
+                if (want.keys() - seen.keys() or any(c > 1 for c in seen.values())
+                        or any(b <= a for a, b in zip(offs, offs[1:])) or st.refused or st.rfalse):
+                    missing = sorted(o for k, o in want.items() if k not in seen and o is not None)
+                    lines.append(f"{s.name} ({s.host.name}{', proxied' if s.proxied else ''}) {t}: "
+                                 f"missing {ranges(missing) or '-'}\n  "
+                                 f"{story(st, 0, len(st.deliveries))}\n")
+        path = Path(self.o.dump) / f"{run.name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines) or "nothing lost, duplicated or reordered\n")
+
     def row_failed(self, row):
         return row_failed(row)
+
+
+def story(st, lo, hi):
+    """The offsets (or publisher#seq) a subscriber got on a topic from
+    delivery lo to hi, with its subscribe replies and disconnects between
+    them: what an example in the notes shows."""
+    marks = {}
+    for i, text in st.marks:
+        marks.setdefault(i, []).append(text)
+    lo, hi = max(0, lo), min(len(st.deliveries), hi)
+    out = ["..."] if lo > 0 else []
+    for i in range(lo, hi + 1):
+        out += marks.get(i, [])
+        if i < hi:
+            p, q, off, _ = st.deliveries[i]
+            out.append(str(off) if off is not None else f"{p}#{q}")
+    if hi < len(st.deliveries):
+        out.append("...")
+    return " ".join(out)
+
+
+def ranges(nums):
+    """[3, 4, 5, 9] -> '3-5, 9'"""
+    out, nums = [], sorted(nums)
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def acked_by_topic(run):
@@ -1077,6 +1139,7 @@ def count(run):
     refused = len(run.refused)
     examples = []
     hit = set()  # (subscriber, topic) that lost something
+    dup_examples = []
     for s in run.subs:
         missed += s.missed
         for t in s.topics:
@@ -1085,8 +1148,26 @@ def count(run):
             want = acked.get(t, {})
             expected += len(want)
             seen = Counter((p, q) for p, q, _, _ in st.deliveries)
-            dup += sum(c - 1 for c in seen.values() if c > 1)
+            dup_here = sum(c - 1 for c in seen.values() if c > 1)
+            dup += dup_here
+            if dup_here and len(dup_examples) < 4:
+                first = set()
+                for i, (p, q, _, _) in enumerate(st.deliveries):
+                    if (p, q) in first:
+                        break
+                    first.add((p, q))
+                dup_examples.append(f"e.g. {s.name} ({s.host.name}{', proxied' if s.proxied else ''})"
+                                    f" {t}: {dup_here} duplicated: "
+                                    f"{story(st, i - 10, i + 4)}")
             unacked_seen += sum(1 for k in seen if k not in want)
+            missing = [off for k, off in want.items() if k not in seen]
+            if missing and None not in missing and len(examples) < 4 and not st.announced:
+                first = min(missing)
+                i = next((n for n, d in enumerate(st.deliveries)
+                          if d[2] is not None and d[2] > first), len(st.deliveries))
+                examples.append(f"e.g. {s.name} ({s.host.name}{', proxied' if s.proxied else ''}) "
+                                f"{t}: missing offsets {ranges(missing)}: {story(st, i - 6, i + 4)}")
+                hit.add((s.name, t))
             for k, off in want.items():
                 if k in seen:
                     continue
@@ -1156,7 +1237,7 @@ def count(run):
     if hit:
         notes.append(f"losses at {len(hit)} of {sum(len(s.topics) for s in run.subs)} "
                      f"subscriber-topics ({len({n for n, _ in hit})} subscribers)")
-    notes += examples
+    notes += examples + dup_examples
     if unacked_seen:
         notes.append(f"{unacked_seen} deliveries of messages whose publisher got no "
                      f"acknowledgement (allowed)")
@@ -1311,6 +1392,9 @@ def parse_args(argv):
     ap.add_argument("--prime", action="store_true",
                     help="publish one message to every topic before the first scenario, so "
                          "that no subscriber starts on a topic without an epoch")
+    ap.add_argument("--dump", metavar="DIR",
+                    help="write the full delivery story of every subscriber-topic with a "
+                         "problem to DIR/<scenario>.txt")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) even on success")
     ap.add_argument("--seed", type=int, help="random seed (backoff jitter)")
     o = ap.parse_args(argv)
