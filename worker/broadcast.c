@@ -155,6 +155,7 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
+    if (offset && offset <= s->seen) continue; /* it had this one from the history */
     struct sbuf *f = plain;
     if (compress && c->pmd) {
       unsigned bits = c->pmd_bits;

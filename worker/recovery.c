@@ -344,10 +344,12 @@ static void send_frame_to(struct conn *c, struct sub *s, struct sbuf *f, uint64_
 static void on_subscribe_read(struct resume *r, int err, const struct bus_history *h) {
   struct conn *c = r->c;
   struct sub *s = r->s;
-  if (s && ws_can_send(c)) {
-    struct topic *t = s->topic;
+  if (s) { /* detach first: the subscription may outlive this answer */
     s->ext = NULL;
     r->s = NULL;
+  }
+  if (s && ws_can_send(c)) {
+    struct topic *t = s->topic;
     if (err != BUS_OK || r->held_bytes > c->w->cfg->max_queued_bytes) {
       drop_frames(r);
       int overflow = err == BUS_OK;

@@ -576,6 +576,41 @@ def main():
                 ratio(val(one), val(u)) if val and one and u else "—"))
     w("")
 
+    # 9. history on vs off
+    w("## 9. tidings with history on vs off")
+    w("")
+    w("The loads of scenarios 1, 2 and 3 against tidings' defaults (history off) and against "
+      "tidings `--history-size 100`, where every publish is one `FCALL tidings_publish` that "
+      "stores the message in the topic's Redis stream, gives it an offset and publishes it, and "
+      "every notification carries `\"offset\"`. Redis CPU: the embedded redis-server's CPU time "
+      "over the run divided by the publishes acknowledged.")
+    w("")
+    w("| | history off | history on | on ÷ off |")
+    w("|---|---|---|---|")
+
+    def redis_us(rec):
+        r = rec.get("result") if rec else None
+        if not rec or rec.get("redis_cpu_ms") is None or not r or not r.get("acked"):
+            return None
+        return rec["redis_cpu_ms"] * 1000.0 / r["acked"]
+    for variant, label in [("fanout", "fan-out"), ("many", "many topics"), ("latency", "20 msg/s")]:
+        off, on = results.res("history", "off", variant), results.res("history", "on", variant)
+        roff, ron = results.rec("history", "off", variant), results.rec("history", "on", variant)
+        for rl, fn, val in [
+            ("deliveries/s", lambda r: rate(r.get("deliveries_per_s")), lambda r: r.get("deliveries_per_s")),
+            ("latency p99 (ms)", lambda r: num(r.get("latency_p99_ms")), lambda r: r.get("latency_p99_ms")),
+            ("lost", lost_cell, None),
+        ]:
+            w("| %s: %s | %s | %s | %s |" % (
+                label, rl, cell_or_error(results, "history", "off", variant, fn),
+                cell_or_error(results, "history", "on", variant, fn),
+                ratio(val(on), val(off)) if val and on and off else "—"))
+        a_, b_ = redis_us(roff), redis_us(ron)
+        w("| %s: Redis CPU per publish (µs) | %s | %s | %s |" % (
+            label, num(a_) if a_ is not None else "—", num(b_) if b_ is not None else "—",
+            ratio(b_, a_) if a_ and b_ else "—"))
+    w("")
+
     # notes
     w("## Notes")
     w("")

@@ -104,6 +104,17 @@ free_port() {  # sets FREE_PORT
 
 children() { cat /proc/"$1"/task/*/children 2>/dev/null || true; }
 
+# utime + stime of a process, in clock ticks
+cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$1"/stat 2>/dev/null || echo 0; }
+
+# the embedded redis-server among a tidings master's children
+tidings_redis() {
+    local c
+    for c in $(children "$1"); do
+        [[ $(cat /proc/"$c"/comm 2>/dev/null) == redis-server ]] && echo "$c"
+    done
+}
+
 # start_server NAME KIND CMD... ; @PORT@ (the port to wait for) and @PORT2@ in CMD
 # are replaced by free ports.
 # The server runs under `timeout`, which makes its own process group.
@@ -186,6 +197,8 @@ lg() {
         workers) pids=(--server-pids "$(tidings_workers "${SPID[$inst]}" | paste -sd,)") ;;
     esac
     local bg; bg=$(busy_pct 0.5)   # anything else running right before this run?
+    local redis_t0=0
+    [[ -n ${REDIS_PID:-} ]] && redis_t0=$(cpu_ticks "$REDIS_PID")
     timeout -k 3 "$limit" "$LOADGEN" --port "${PORT[$inst]}" "$@" "${pids[@]}" --json --quiet \
         >"$out" 2>"$out.err" </dev/null || rc=$?
     json=$(tail -n 1 "$out")
@@ -198,7 +211,9 @@ lg() {
         err="server exited during the run"
         log "$scen/$server/$variant: $err"; SPID[$inst]=
     fi
-    BG=$bg record "$scen" "$server" "$variant" "$err" "$rc" "$json" "$@"
+    local redis_ms=
+    if [[ -n ${REDIS_PID:-} ]]; then redis_ms=$(( ($(cpu_ticks "$REDIS_PID") - redis_t0) * 1000 / $(getconf CLK_TCK) )); fi
+    BG=$bg REDIS_MS=$redis_ms record "$scen" "$server" "$variant" "$err" "$rc" "$json" "$@"
     [[ -n $json ]] && summary "$scen/$server/$variant" "$json"
     return 0
 }
@@ -210,7 +225,8 @@ import json, os, sys
 r = {"scenario": os.environ["SCEN"], "server": os.environ["SRV"], "variant": os.environ["VAR"],
      "loadgen_args": sys.argv[1:], "exit": int(os.environ["RC"]), "error": os.environ["ERR"] or None,
      "result": json.loads(os.environ["JSON"]) if os.environ["JSON"] else None,
-     "background_cpu_pct": int(os.environ["BG"]) if os.environ.get("BG") else None}
+     "background_cpu_pct": int(os.environ["BG"]) if os.environ.get("BG") else None,
+     "redis_cpu_ms": float(os.environ["REDIS_MS"]) if os.environ.get("REDIS_MS") else None}
 print(json.dumps(r))' "$@" >>"$RESULTS"
 }
 
@@ -347,6 +363,22 @@ lg fanout tidings w1 tidings_w1 tree 60 -- "${FANOUT[@]}"
 lg many tidings w1 tidings_w1 tree 90 -- "${MANY[@]}"
 lg latency tidings w1 tidings_w1 tree 60 -- "${LATENCY[@]}"
 stop_server tidings_w1
+
+# 9. history (issue 11): the same fan-out and many-topics loads with
+#    --history-size 100 beside history off, and the redis-server's CPU per
+#    publish (every publish is a FCALL that also XADDs to the topic's stream).
+log "scenario 9: history on vs off"
+start_server hist_off tidings "${TID[@]}" || true
+start_server hist_on tidings "${TID[@]}" --history-size 100 || true
+for v in off on; do
+    REDIS_PID=$(tidings_redis "${SPID[hist_$v]:-0}" | head -n 1)
+    lg history "$v" fanout "hist_$v" tree 60 -- "${FANOUT[@]}"
+    lg history "$v" many "hist_$v" tree 90 -- "${MANY[@]}"
+    lg history "$v" latency "hist_$v" tree 60 -- "${LATENCY[@]}"
+    REDIS_PID=
+done
+stop_server hist_off
+stop_server hist_on
 
 # 5. idle connections: a fresh server each; tidings: the workers' RSS only.
 log "scenario 5: $IDLE_CONNS idle connections"
