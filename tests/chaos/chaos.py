@@ -1161,7 +1161,7 @@ def count(run):
                                     f"{story(st, i - 10, i + 4)}")
             unacked_seen += sum(1 for k in seen if k not in want)
             missing = [off for k, off in want.items() if k not in seen]
-            if missing and None not in missing and len(examples) < 4 and not st.announced:
+            if missing and None not in missing and len(examples) < 6 and not st.announced:
                 first = min(missing)
                 i = next((n for n, d in enumerate(st.deliveries)
                           if d[2] is not None and d[2] > first), len(st.deliveries))
@@ -1177,7 +1177,7 @@ def count(run):
                     announced += 1
                 else:
                     lost += 1
-                    if (s.name, t) not in hit and len(examples) < 8:
+                    if off is None and (s.name, t) not in hit and len(examples) < 6:
                         examples.append(f"e.g. {s.name} ({s.host.name}{', proxied' if s.proxied else ''})"
                                         f" {t}: lost {k[0]}#{k[1]} (offset {off})")
                     hit.add((s.name, t))
