@@ -553,7 +553,7 @@ class Subscriber:
         self.run_.count_sub_error(code)
         if st.since_sent and code not in ("bus_unavailable", "internal_error"):
             self.run_.refused.append((self.name, topic, st.last, st.epoch, code))
-            st.marks.append((len(st.deliveries), f"[resume since {st.last} refused: {code}]"))
+            st.marks.append((len(st.deliveries), f"[resume since {st.last} epoch {st.epoch!r} refused: {code}]"))
             st.epoch = None  # the next request has no "since"
             st.refused += 1
         else:
@@ -1244,7 +1244,7 @@ def count(run):
     if missed:
         notes.append(f"slow-subscriber drops reported (\"missed\"): {missed}")
     if run.sub_errors:
-        notes.append(f"subscribe errors (asked again): {dict(run.sub_errors)}")
+        notes.append(f"subscribe errors: {dict(run.sub_errors)}")
     for name, t, off, ep, code in run.refused[:3]:
         notes.append(f"resume refused: {name} {t} since offset {off} epoch {ep!r}: {code}")
     if run.recovery_error:
@@ -1326,6 +1326,9 @@ def report_markdown(ch, verdict):
         "",
         table_markdown(ch.rows),
         "",
+        *([f"Not run: {', '.join(s for s in o.scenario_list if s not in [r['scenario'] for r in ch.rows])} "
+           f"(the run stopped before them).", ""]
+          if len(ch.rows) < len(o.scenario_list) else []),
         "*acked*: publishes answered `published`; *not acked*: answered with an error or never "
         "answered (allowed, not expected anywhere); *expected*: acknowledged messages times their "
         "topic's subscribers; *lost*: expected deliveries that never came (losses announced by "
@@ -1502,6 +1505,9 @@ def main(argv=None):
 
     print()
     print(table_text(ch.rows) if ch.rows else "(no scenario completed)")
+    not_run = [s for s in o.scenario_list if s not in [r["scenario"] for r in ch.rows]]
+    if not_run:
+        print(f"not run: {', '.join(not_run)}")
     for r in ch.rows:
         n = r["notes"]
         print(f"\n{r['scenario']}: {'; '.join(n['faults'])}")
