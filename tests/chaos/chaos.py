@@ -1057,7 +1057,7 @@ class Chaos:
 
     def dump(self, run):
         """--dump DIR: the whole story of every subscriber-topic that lost,
-        duplicated or reordered something, one file per scenario."""
+        duplicated, reordered or skipped something, one file per scenario."""
         acked = acked_by_topic(run)
         lines = []
         for s in run.subs:
@@ -1067,7 +1067,8 @@ class Chaos:
                 seen = Counter((p, q) for p, q, _, _ in st.deliveries)
                 offs = [o for _, _, o, _ in st.deliveries if o is not None]
                 if (want.keys() - seen.keys() or any(c > 1 for c in seen.values())
-                        or any(b <= a for a, b in zip(offs, offs[1:])) or st.refused or st.rfalse):
+                        or any(b <= a or b > a + 1 for a, b in zip(offs, offs[1:]))
+                        or st.refused or st.rfalse):
                     missing = sorted(o for k, o in want.items() if k not in seen and o is not None)
                     lines.append(f"{s.name} ({s.host.name}{', proxied' if s.proxied else ''}) {t}: "
                                  f"missing {ranges(missing) or '-'}\n  "
