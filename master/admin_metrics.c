@@ -114,6 +114,12 @@ static const struct {
      "Messages refused by the per-connection rate limit."},
     {M_REDIS_RECONNECTS, "tidings_redis_reconnects_total",
      "Redis connections re-established after a loss."},
+    {M_HISTORY_DUPLICATES, "tidings_history_duplicates_total",
+     "Messages of a topic with history dropped because their offset was already delivered."},
+    {M_HISTORY_CATCHUPS, "tidings_history_catchups_total",
+     "History reads to fill a gap in a topic's offsets (or after a re-subscription)."},
+    {M_RESUMES, "tidings_resumes_total", "Subscribes with \"since\" answered recovered:true."},
+    {M_RESUMES_FAILED, "tidings_resumes_failed_total", "Subscribes with \"since\" answered recovered:false."},
 };
 
 int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {

@@ -29,6 +29,10 @@
 static const char ENVELOPE_TAG[] = "\0tdg1:";
 #define ENVELOPE_TAG_LEN (sizeof(ENVELOPE_TAG) - 1)
 #define OFFSET_DIGITS_MAX 19 /* below 2^63 */
+/* The largest number the library's arguments take (15 digits: a Lua
+ * double holds it exactly).  No topic gets this far; a larger "since" asks
+ * for the same nothing. */
+#define LUA_UINT_MAX 999999999999999ULL
 
 /* A history read, or the end of a re-subscription, waiting for
  * subscription confirmations. */
@@ -238,7 +242,8 @@ static int send_read(struct hread *r) {
   struct bus *b = r->b;
   if (!b->cmd.connected || !b->lib_loaded) return -1;
   char since[24], limit[24];
-  int sl = snprintf(since, sizeof(since), "%llu", (unsigned long long)r->since);
+  unsigned long long from = r->since > LUA_UINT_MAX ? LUA_UINT_MAX : (unsigned long long)r->since;
+  int sl = snprintf(since, sizeof(since), "%llu", from);
   int ll = snprintf(limit, sizeof(limit), "%zu", r->limit);
   const char *argv[6] = {"FCALL_RO", "tidings_history", "1", r->channel, since, limit};
   size_t lens[6] = {8, 15, 1, r->clen, (size_t)sl, (size_t)ll};

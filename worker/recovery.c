@@ -68,6 +68,9 @@ struct resume {
   struct read_req base;
   struct conn *c;  /* holds a reference */
   struct sub *s;   /* NULL once the subscription is gone */
+  int existing;    /* a subscribe to a topic already subscribed: reply only */
+  size_t tlen;
+  char topic[TOPIC_MAX_LEN + 1];
   int has_since;
   struct proto_since since;
   char *id_json;
@@ -308,12 +311,17 @@ void recovery_sub_gone(struct sub *s) {
   drop_frames(r);
 }
 
-int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json) {
+int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json,
+                       int existing) {
+  if (existing && s->ext) return PROTO_OK; /* its first answer is still coming */
   struct resume *r = calloc(1, sizeof(*r));
   if (!r) return PROTO_EINTERNAL;
   r->base.kind = READ_SUBSCRIBE;
+  r->existing = existing;
   r->c = c;
   r->s = s;
+  r->tlen = s->topic->len;
+  memcpy(r->topic, s->topic->name, s->topic->len + 1);
   r->frames_tail = &r->frames;
   if (since) {
     r->has_since = 1;
@@ -323,8 +331,9 @@ int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *
     free(r);
     return PROTO_EINTERNAL;
   }
-  /* a plain subscribe only needs the epoch and the newest offset */
-  size_t limit = since ? (size_t)c->w->cfg->history_size : 0;
+  /* a plain subscribe only needs the epoch and the newest offset; a live
+   * subscription has had (or is being sent) everything since: no replay */
+  size_t limit = since && !existing ? (size_t)c->w->cfg->history_size : 0;
   int rc = bus_history(c->w->bus, s->topic->name, s->topic->len, since ? since->offset : 0, limit, r);
   if (rc != BUS_OK) {
     free(r->id_json);
@@ -332,7 +341,8 @@ int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *
     return rc == BUS_ENOMEM ? PROTO_EINTERNAL : PROTO_EBUS;
   }
   conn_ref(c);
-  s->ext = r;
+  if (!existing) s->ext = r; /* it holds its live frames until the answer */
+  else r->s = NULL;
   return PROTO_PENDING;
 }
 
@@ -341,7 +351,42 @@ static void send_frame_to(struct conn *c, struct sub *s, struct sbuf *f, uint64_
   if (conn_send_ref(c, f) == 0) metric_add(c->w->m, M_DELIVERIES, 1);
 }
 
+/* Whether a resume from r->since can be served by h, and the reply's
+ * members ("recovered" only for a resume). */
+static int describe(const struct resume *r, const struct bus_history *h, char extra[EXTRA_MAX]) {
+  int recovered = 0;
+  if (r->has_since) {
+    const struct proto_since *sn = &r->since;
+    recovered = strcmp(sn->epoch, h->epoch) == 0 && sn->offset <= h->top &&
+                (r->existing || sn->offset == h->top || (h->first && h->first <= sn->offset + 1));
+  }
+  snprintf(extra, EXTRA_MAX, "%s\"epoch\":\"%s\",\"offset\":%llu",
+           !r->has_since ? "" : recovered ? "\"recovered\":true," : "\"recovered\":false,", h->epoch,
+           (unsigned long long)h->top);
+  return recovered;
+}
+
+/* The answer for a subscription that was already live: a reply, nothing else. */
+static void on_existing_read(struct resume *r, int err, const struct bus_history *h) {
+  struct conn *c = r->c;
+  if (ws_can_send(c)) {
+    char extra[EXTRA_MAX];
+    if (err != BUS_OK) proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
+    else {
+      describe(r, h, extra);
+      proto_reply_status_ext(&ws_proto_ops, c, "subscribed", r->topic, r->tlen, extra, r->id_json);
+    }
+  }
+  conn_unref(c);
+  free(r->id_json);
+  free(r);
+}
+
 static void on_subscribe_read(struct resume *r, int err, const struct bus_history *h) {
+  if (r->existing) {
+    on_existing_read(r, err, h);
+    return;
+  }
   struct conn *c = r->c;
   struct sub *s = r->s;
   if (s) { /* detach first: the subscription may outlive this answer */
@@ -353,23 +398,12 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
     if (err != BUS_OK || r->held_bytes > c->w->cfg->max_queued_bytes) {
       drop_frames(r);
       int overflow = err == BUS_OK;
-      char name[TOPIC_MAX_LEN + 1];
-      size_t tlen = t->len;
-      memcpy(name, t->name, tlen + 1);
-      if (topics_unsubscribe(&c->w->topics, &c->subs, name, tlen)) c->nsubs--;
+      if (topics_unsubscribe(&c->w->topics, &c->subs, r->topic, r->tlen)) c->nsubs--;
       if (overflow) ws_close(c, 1013, "too much arrived while the history was read");
-      else proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, name, tlen, r->id_json);
+      else proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
     } else {
-      int recovered = 0;
-      if (r->has_since) {
-        const struct proto_since *sn = &r->since;
-        recovered = strcmp(sn->epoch, h->epoch) == 0 && sn->offset <= h->top &&
-                    (sn->offset == h->top || (h->first && h->first <= sn->offset + 1));
-      }
       char extra[EXTRA_MAX];
-      snprintf(extra, sizeof(extra), "%s\"epoch\":\"%s\",\"offset\":%llu",
-               !r->has_since ? "" : recovered ? "\"recovered\":true," : "\"recovered\":false,", h->epoch,
-               (unsigned long long)h->top);
+      int recovered = describe(r, h, extra);
       proto_reply_status_ext(&ws_proto_ops, c, "subscribed", t->name, t->len, extra, r->id_json);
       metric_add(c->w->m, recovered ? M_RESUMES : M_RESUMES_FAILED, r->has_since ? 1 : 0);
       if (recovered) {

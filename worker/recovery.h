@@ -53,11 +53,16 @@ void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const ch
 /* The bus re-subscribed after an interruption: catch up every topic. */
 void recovery_resynced(struct worker *w);
 
-/* After a subscribe of c to a topic with history (s is its new
- * subscription): reads the history and answers later.  Returns
- * PROTO_PENDING or a negative enum proto_err (the caller answers and
- * removes the subscription). */
-int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json);
+/* After a subscribe of c to a topic with history (s is its subscription):
+ * reads the history and answers later.  A new subscription holds its live
+ * frames until then and, with since, is sent what it missed; an existing
+ * one (existing set: the client subscribed again) only gets the reply with
+ * the epoch and offset.  Returns PROTO_PENDING, PROTO_OK (an existing
+ * subscription whose first answer is still coming: the caller replies) or
+ * a negative enum proto_err (the caller answers, and removes a new
+ * subscription). */
+int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json,
+                       int existing);
 
 /* broadcast(): a frame for a subscription that waits for its history. */
 void recovery_hold(struct sub *s, struct sbuf *f, uint64_t offset);

@@ -110,15 +110,15 @@ static int op_subscribe(void *ctx, const char *topic, size_t tlen, const struct 
   }
   int rc = topics_subscribe(&w->topics, &c->subs, c, topic, tlen);
   if (rc < 0) return PROTO_EINTERNAL;
-  /* already subscribed: the subscription goes on as it is */
-  if (rc == 0 || !c->subs->topic->ext) {
-    c->nsubs += rc;
-    return PROTO_OK;
-  }
-  c->nsubs++;
+  c->nsubs += rc;
+  struct sub *s = c->subs;
+  if (rc == 0) /* already subscribed: the subscription goes on as it is */
+    for (s = c->subs; s && (s->topic->len != tlen || memcmp(s->topic->name, topic, tlen)); s = s->cnext) {}
+  if (!s || !s->topic->ext) return PROTO_OK;
   /* a topic with history: the reply carries its epoch and offset */
-  rc = recovery_subscribe(c, c->subs, since, id_json);
-  if (rc < 0 && topics_unsubscribe(&w->topics, &c->subs, topic, tlen)) c->nsubs--;
+  int created = rc;
+  rc = recovery_subscribe(c, s, since, id_json, !created);
+  if (rc < 0 && created && topics_unsubscribe(&w->topics, &c->subs, topic, tlen)) c->nsubs--;
   return rc;
 }
 

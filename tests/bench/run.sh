@@ -111,8 +111,9 @@ cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$1"/stat 2>/dev/null || echo 0; }
 tidings_redis() {
     local c
     for c in $(children "$1"); do
-        [[ $(cat /proc/"$c"/comm 2>/dev/null) == redis-server ]] && echo "$c"
+        if [[ $(cat /proc/"$c"/comm 2>/dev/null) == redis-server ]]; then echo "$c"; fi
     done
+    return 0
 }
 
 # start_server NAME KIND CMD... ; @PORT@ (the port to wait for) and @PORT2@ in CMD
@@ -371,7 +372,7 @@ log "scenario 9: history on vs off"
 start_server hist_off tidings "${TID[@]}" || true
 start_server hist_on tidings "${TID[@]}" --history-size 100 || true
 for v in off on; do
-    REDIS_PID=$(tidings_redis "${SPID[hist_$v]:-0}" | head -n 1)
+    REDIS_PID=$(tidings_redis "${SPID[hist_$v]:-0}" | head -n 1 || true)
     lg history "$v" fanout "hist_$v" tree 60 -- "${FANOUT[@]}"
     lg history "$v" many "hist_$v" tree 90 -- "${MANY[@]}"
     lg history "$v" latency "hist_$v" tree 60 -- "${LATENCY[@]}"
