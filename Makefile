@@ -5,6 +5,8 @@
 #   make test-suite   unit, fuzz (brief), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
 #   make bench        tidings vs uWebSockets.js vs Node ws -> docs/benchmarks.md
+#   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
+#   make chaos-short  the same, a few seconds a scenario (~1 min)
 #   make unit         C unit tests only (ASan/UBSan)
 #   make asan         bin/tidings-asan
 #   make format       rewrite every C source and header in place with clang-format
@@ -188,3 +190,21 @@ bench: bin/tidings
 	bash tests/bench/run.sh
 
 .PHONY: bench
+
+# ---- chaos: faults under load, checked message by message (tests/chaos/README.md) ----
+# The binary is $(TIDINGS_BIN) when set, else bin/tidings-asan; the table
+# goes to $(CHAOS_REPORT) as markdown.  CHAOS_ARGS adds options of chaos.py.
+CHAOS_PY     := /usr/bin/python3 tests/chaos/chaos.py
+CHAOS_REPORT ?= build/chaos.md
+CHAOS_ARGS   ?=
+
+chaos-selftest:
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/chaos/test_counting.py
+
+chaos: bin/tidings-asan chaos-selftest
+	$(CHAOS_PY) --long --report $(CHAOS_REPORT) $(CHAOS_ARGS)
+
+chaos-short: bin/tidings-asan chaos-selftest
+	$(CHAOS_PY) --report $(CHAOS_REPORT) $(CHAOS_ARGS)
+
+.PHONY: chaos chaos-short chaos-selftest
