@@ -584,6 +584,12 @@ class Subscriber:
         st.ids.add((p["p"], p["s"]))
         if off is not None:
             st.last = off
+        if "epoch" in m:
+            # the first message of an epoch names it: a subscriber that
+            # subscribed before the topic had any message learns it here
+            if off != 1:
+                self.problem(f"an epoch on a notification with offset {off}: {json.dumps(m)[:200]}")
+            st.epoch = m["epoch"]
         self.run_.delivered += 1
 
     def on_subscribed(self, m):
