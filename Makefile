@@ -2,7 +2,7 @@
 #
 #   make              release build: bin/tidings
 #   make test         format-check, then test-suite
-#   make test-suite   unit, fuzz (brief), integration tests against an ASan/UBSan build
+#   make test-suite   unit, fuzz (brief), chaos (short), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
 #   make bench        tidings vs uWebSockets.js vs Node ws -> docs/benchmarks.md
 #   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
@@ -147,6 +147,7 @@ test: format-check
 	@$(MAKE) --no-print-directory test-suite
 
 test-suite: bin/tidings bin/tidings-asan unit fuzz-regress fuzz-smoke
+	@$(MAKE) --no-print-directory chaos-short
 	TIDINGS_BIN=$(CURDIR)/bin/tidings-asan /usr/bin/python3 -m pytest -q tests/integration
 
 # ---- formatting (clang-format 14, style in .clang-format) ----
