@@ -3,6 +3,7 @@ and what happens while Redis is down."""
 import asyncio
 import json
 import os
+import time
 
 import pytest
 
@@ -163,6 +164,28 @@ def test_redis_outage_keeps_clients_and_recovers(start_server, redis):
 
     asyncio.run(run())
     assert "Redis subscriber connection" in srv.log_text()
+
+
+def test_publishing_recovers_within_a_second_of_redis_returning(start_server, redis):
+    """After Redis returns from an outage, publishes succeed again within
+    1 s (measured from the moment the new redis-server answers PING)."""
+    srv = start_server(workers=1, args=["--redis", redis.url])
+
+    async def run():
+        async with ws_connect(srv.url) as ws:
+            assert await request(ws, {"type": "publish", "topic": "back", "payload": 0}) == \
+                {"status": "published", "topic": "back"}
+            await asyncio.to_thread(redis.kill)  # the worker's connections drop
+            await wait_redis_connected(srv, up=False)
+            await asyncio.sleep(2)  # the outage's length (the scenario), not a wait for a fact
+            await asyncio.to_thread(redis.start)  # returns once it answers PING
+            t0 = time.monotonic()
+            sent, _ = await publish_until_published(ws, "back", 1, timeout=15, interval=0.01)
+            return time.monotonic() - t0, sent
+
+    elapsed, sent = asyncio.run(run())
+    print(f"publishing recovered {elapsed:.3f} s after Redis answered PING ({sent} publishes)")
+    assert elapsed < 1.5, f"publishing recovered only {elapsed:.2f} s after Redis came back"
 
 
 def test_embedded_redis_is_started_and_stopped(start_server):
