@@ -172,3 +172,13 @@ def test_log_level_warn_is_quiet(start_server):
     assert srv.stop() == 0
     assert " info " not in srv.log_text(), srv.log_text()
 
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_admin_listen_off(start_server, log_format):
+    """--admin-listen off: no admin listener.  The fixture then tells that
+    every worker is ready from their log lines, in either format."""
+    srv = start_server(workers=2, args=["--admin-listen", "off", "--log-format", log_format])
+    assert srv.admin_port is None
+    assert "admin listener" not in srv.log_text()
+    assert srv.readiness()[0]
+    assert_serves(srv)
