@@ -41,11 +41,15 @@ CRASH_MARKER = "killed by signal"
 _KEEP_ENV = {"TIDINGS_BIN", "TIDINGS_REDIS_SERVER"}
 
 
-def free_port():
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid=()):
+    """A port that was free a moment ago on 127.0.0.1, none of `avoid`
+    (ports chosen but not bound yet: the kernel may hand one out again)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def server_env(extra=None):
@@ -155,7 +159,7 @@ class Server:
         # collide), unless the test chose one (or none) itself
         self.admin_port = None
         if not any(str(a).startswith("--admin-listen") for a in args):
-            self.admin_port = free_port()
+            self.admin_port = free_port(avoid={self.port})
             self.cmd += ["--admin-listen", f"127.0.0.1:{self.admin_port}"]
         self.env = server_env(env)
         self.proc = None
