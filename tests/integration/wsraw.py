@@ -13,6 +13,7 @@ import struct
 import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SO_TIMESTAMPNS = 35  # Linux; also the control message's type (SCM_TIMESTAMPNS)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -37,6 +38,28 @@ def connect(port, timeout=5.0, host="127.0.0.1", rcvbuf=None):
             raise
     s.settimeout(timeout)
     return s
+
+
+class ArrivalSocket:
+    """A socket whose recv() notes when the kernel received what it returns
+    (SO_TIMESTAMPNS): .arrival, in time.time() seconds.  The test process's
+    own scheduling does not move it."""
+
+    def __init__(self, sock):
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._s = sock
+        self.arrival = None
+
+    def recv(self, n):
+        data, anc, _, _ = self._s.recvmsg(n, socket.CMSG_SPACE(16))
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, ns = struct.unpack("qq", value[:16])
+                self.arrival = sec + ns / 1e9
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
 
 
 def new_key():
