@@ -21,6 +21,9 @@ RELEASE = REPO / "bin" / "tidings"
 LOADGEN = REPO / "tests" / "bench" / "loadgen"
 TOPIC = "slowtest.0"
 CAP = 256 * 1024
+# loadgen's deadline for in-flight acks and deliveries after its run: it
+# stops waiting as soon as every one has arrived
+GRACE = 15
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,8 +51,9 @@ def loadgen(port, seconds, rate=2000, size=1000):
     out = subprocess.run(
         [str(LOADGEN), "--port", str(port), "--subs", "50", "--topics", "1",
          "--topic-prefix", "slowtest.", "--pubs", "1", "--rate", str(rate), "--size", str(size),
-         "--warmup", "0", "--duration", str(seconds), "--grace", "2", "--json", "--quiet"],
-        capture_output=True, text=True, timeout=seconds + 60)
+         "--warmup", "0", "--duration", str(seconds), "--grace", str(GRACE), "--json",
+         "--quiet"],
+        capture_output=True, text=True, timeout=seconds + GRACE + 60)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
