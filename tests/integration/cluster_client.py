@@ -14,18 +14,17 @@ JSON line on stdout: {"ok": true, ...} or {"ok": false, "error": "..."}.
   {"op": "wait_closed", "name": N, "timeout": S}  -> code, reason
   {"op": "close", "name": N}
   {"op": "http_get", "url": U}                -> status, body
-  {"op": "redis", "host": H, "port": P, "args": [...]}  -> reply (one RESP command)
 """
 import asyncio
 import json
-import socket
 import ssl
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import websockets
 import websockets.exceptions
+
+import wsraw  # this script's directory is on sys.path
 
 clients = {}
 
@@ -83,39 +82,12 @@ async def op_close(cmd):
     return {"ok": True}
 
 
-def http_get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return {"ok": True, "status": r.status, "body": r.read().decode()}
-    except urllib.error.HTTPError as e:
-        return {"ok": True, "status": e.code, "body": e.read().decode()}
-
-
-def resp_read(f):
-    line = f.readline().rstrip(b"\r\n")
-    kind, rest = line[:1], line[1:].decode()
-    if kind in (b"+", b"-"):
-        return rest if kind == b"+" else {"error": rest}
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [resp_read(f) for _ in range(n)]
-    raise ValueError(f"bad RESP line {line!r}")
-
-
-def redis_cmd(host, port, args):
-    with socket.create_connection((host, port), 3) as s:
-        s.settimeout(3)
-        out = f"*{len(args)}\r\n".encode()
-        for a in args:
-            b = str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(b), b)
-        s.sendall(out)
-        return {"ok": True, "reply": resp_read(s.makefile("rb"))}
+def op_http_get(cmd):
+    u = urllib.parse.urlsplit(cmd["url"])
+    path = u.path + (f"?{u.query}" if u.query else "")
+    r = wsraw.http_get(u.port or 80, path, timeout=3, host=u.hostname,
+                       headers=[("Connection", "close")])
+    return {"ok": True, "status": r.status, "body": r.body.decode()}
 
 
 async def handle(cmd):
@@ -131,9 +103,7 @@ async def handle(cmd):
     if op == "close":
         return await op_close(cmd)
     if op == "http_get":
-        return await asyncio.to_thread(http_get, cmd["url"])
-    if op == "redis":
-        return await asyncio.to_thread(redis_cmd, cmd["host"], cmd["port"], cmd["args"])
+        return await asyncio.to_thread(op_http_get, cmd)
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 

@@ -23,7 +23,9 @@ import pytest
 
 import wsraw
 from conftest import free_port, run_tidings
-from helpers import expect_silence, recv_json, request, run, send_json, subscribe, ws_connect
+from helpers import (check_refused, expect_silence, recv_json, request, run, send_json,
+                     subscribe, ws_connect)
+from wsraw import handshake
 
 SECRET = "test-secret-do-not-use-in-production"
 ALL = {"subscribe": ["*"], "publish": ["*"]}  # the claims of a client allowed everything
@@ -140,20 +142,6 @@ def keys(tmp_path_factory):
 
 
 # ---- handshakes ----
-
-def handshake(port, extra=(), path="/"):
-    """Sends an upgrade request; returns the response head (wsraw.Response).
-    A 101 is returned as soon as its head is in, anything else only once
-    the server has closed the connection (resp.eof) with the body read."""
-    with wsraw.connect(port) as s:
-        s.sendall(wsraw.upgrade_request(path=path, extra=list(extra)))
-        head, rest = wsraw.read_head(s)
-        data = head + rest
-        if data.startswith(b"HTTP/1.1 101 "):
-            return wsraw.Response(data, False)
-        rest, eof = wsraw.read_until_eof(s)
-        return wsraw.Response(data + rest, eof)
-
 
 def bearer(token):
     return [("Authorization", f"Bearer {token}")]
@@ -504,15 +492,6 @@ def test_sub_is_logged_at_debug(start_server):
 
 
 # ---- key options ----
-
-def check_refused(r):
-    """Exit status 2 and exactly one line on stderr, "tidings: ..."."""
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and r.stderr.endswith("\n"), r.stderr
-    assert lines[0].startswith("tidings: "), r.stderr
-    return lines[0]
-
 
 @pytest.mark.parametrize("what", ["not-pem", "private-key", "rsa-1024", "p-384", "missing"])
 def test_unusable_public_key_is_refused(keys, tmp_path, what):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
+
 BROWSER_DIR = REPO / "tests" / "browser"
 SCRIPT = BROWSER_DIR / "pmd.test.js"
 CHROMIUM = "/usr/bin/chromium"

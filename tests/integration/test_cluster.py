@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import CRASH_MARKER, REPO, SANITIZER_MARKERS, RedisCli, server_env
+from helpers import note, poll, poll_async, wait_for_async
+
 CLUSTER_SH = REPO / "deploy" / "cluster.sh"
 CLIENT = Path(__file__).resolve().with_name("cluster_client.py")
 PYTHON = "/usr/bin/python3"
@@ -85,11 +87,8 @@ def cluster():
     prefix = f"tid-{os.getpid()}-{next(_seq)}"
     parent = tempfile.mkdtemp(prefix="tidc-")
     state = os.path.join(parent, "state")
-    # inherited TIDINGS_* variables would change the hosts' options
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env.update(TIDINGS_BIN=TIDINGS_BIN, PYTHON=PYTHON)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    # without inherited TIDINGS_* variables, which would change the hosts' options
+    env = server_env({"TIDINGS_BIN": TIDINGS_BIN, "PYTHON": PYTHON})
     c = None
     try:
         t0 = time.monotonic()
@@ -119,9 +118,7 @@ def cluster():
             problems.append(f"state directory left behind: {state}")
         if c is not None:
             pids = [int(c.env[k]) for k in ("A_PID", "B_PID", "REDIS_PID", "HAPROXY_PID")]
-            deadline = time.monotonic() + 3
-            while any(map(pid_running, pids)) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            poll(lambda: not any(map(pid_running, pids)), timeout=3)
             alive = [p for p in pids if pid_running(p)]
             if alive:
                 problems.append(f"processes still running after down: {alive}")
@@ -129,7 +126,11 @@ def cluster():
         assert not problems, "; ".join(problems)
 
 
-SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+def exit_status(c, host):
+    """The exit status host's tidings left in <state>/<host>.rc ("" while
+    it runs)."""
+    rc = Path(c.state, f"{host}.rc")
+    return rc.read_text().strip() if rc.exists() else ""
 
 
 def stop_hosts(c):
@@ -138,17 +139,14 @@ def stop_hosts(c):
     TIDINGS_BIN=bin/tidings-asan).  Returns the problems found."""
     problems = []
     for host in ("a", "b"):
-        pid, rc = int(c.env[f"{host.upper()}_PID"]), Path(c.state, f"{host}.rc")
-        if pid_running(pid) and not rc.exists():
+        pid = int(c.env[f"{host.upper()}_PID"])
+        if pid_running(pid) and not Path(c.state, f"{host}.rc").exists():
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while not (rc.exists() and rc.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        status = rc.read_text().strip() if rc.exists() else "still running"
+        status = poll(lambda: exit_status(c, host), timeout=20) or "still running"
         if status != "0":
             problems.append(f"host {host}'s tidings after SIGTERM: exit status {status}")
         log = Path(c.state, f"{host}.log").read_text(errors="replace")
-        for marker in SANITIZER_MARKERS + ("killed by signal",):
+        for marker in SANITIZER_MARKERS + (CRASH_MARKER,):
             if marker in log:
                 problems.append(f"{marker!r} in host {host}'s log")
     return problems
@@ -240,15 +238,9 @@ class Edge:
 
     async def wait_numsub(self, channel, n, timeout=5):
         """Until n tidings workers hold a Redis subscription to channel."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = await self.call("redis", host=self.c.redis_ip, port=6379,
-                                args=["PUBSUB", "NUMSUB", channel])
-            assert r["ok"], r
-            if r["reply"][1] >= n:
-                return
-            assert time.monotonic() < deadline, f"{channel}: {r['reply'][1]} subscribers, want {n}"
-            await asyncio.sleep(0.05)
+        redis = RedisCli(host=self.c.redis_ip, port=6379, netns=self.c.edge_ns)
+        await wait_for_async(f"{n} Redis subscribers of {channel}",
+                             lambda: redis.numsub(channel) >= n, timeout)
 
     async def servers(self):
         """{server: (status, last check)} of the backend, from the stats page."""
@@ -257,10 +249,6 @@ class Edge:
         rows = list(csv.DictReader(io.StringIO(r["body"].lstrip("# "))))
         return {row["svname"]: (row["status"], row["check_status"]) for row in rows
                 if row["pxname"] == "tidings_hosts" and row["svname"] not in ("BACKEND", "FRONTEND")}
-
-
-def note(topic, payload):
-    return {"type": "notification", "topic": topic, "payload": payload}
 
 
 def test_cluster_is_isolated(cluster):
@@ -359,12 +347,13 @@ def test_host_a_stopping_moves_new_clients_to_host_b(cluster):
             assert r["ok"] and r["code"] == 1001, f"client on host A: {r}"
 
             t0 = time.monotonic()
-            while True:
-                servers = await e.servers()
-                if servers[c.a_server][0] == "DOWN":
-                    break
-                assert time.monotonic() - t0 < 10, f"HAProxy still sees host A as {servers}"
-                await asyncio.sleep(0.2)
+            servers = {}
+
+            async def a_down():
+                servers.update(await e.servers())
+                return servers[c.a_server][0] == "DOWN"
+            await wait_for_async(lambda: f"HAProxy to see host A down: {servers}", a_down,
+                                 timeout=10, interval=0.2)
             print(f"health check noticed host A down after {time.monotonic() - t0:.1f}s")
             assert servers[c.b_server] == ("UP", "L7OK")
 
@@ -383,11 +372,8 @@ def test_host_a_stopping_moves_new_clients_to_host_b(cluster):
             await e.expect("fresh", note("after", {"still": "working"}))
 
         # host A's master exited, with status 0
-        rc = Path(c.state, "a.rc")
-        deadline = time.monotonic() + 15
-        while not (rc.exists() and rc.read_text().strip()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert rc.exists() and rc.read_text().strip() == "0", "host A's tidings did not exit 0"
+        status = await poll_async(lambda: exit_status(c, "a"), timeout=15)
+        assert status == "0", "host A's tidings did not exit 0"
         assert not pid_running(int(c.a_pid))
 
     asyncio.run(run())

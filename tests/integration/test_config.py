@@ -6,7 +6,8 @@ import socket
 import pytest
 
 from conftest import free_port, run_tidings
-from helpers import assert_serves, expect_close, recv_json, request, run, subscribe, ws_connect
+from helpers import (assert_serves, check_refused, expect_close, recv_json, request, run,
+                     subscribe, ws_connect)
 
 OPTIONS = ["--bind", "--port", "--workers", "--ping-interval", "--max-message-size",
            "--max-subscriptions", "--echo-path", "--log-level", "--shutdown-grace",
@@ -21,17 +22,6 @@ def test_help():
         env = "TIDINGS_" + opt[2:].upper().replace("-", "_")
         assert env in r.stdout, f"{env} missing from --help:\n{r.stdout}"
     assert r.stderr == ""
-
-
-def check_refused(r):
-    """Exit status 2, exactly one line on stderr starting with "tidings: ",
-    nothing started."""
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and r.stderr.endswith("\n"), r.stderr
-    assert lines[0].startswith("tidings: "), r.stderr
-    assert "started" not in r.stdout + r.stderr
-    return lines[0]
 
 
 BAD_ARGS = [
@@ -181,3 +171,14 @@ def test_log_level_warn_is_quiet(start_server):
     assert_serves(srv)
     assert srv.stop() == 0
     assert " info " not in srv.log_text(), srv.log_text()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_admin_listen_off(start_server, log_format):
+    """--admin-listen off: no admin listener.  The fixture then tells that
+    every worker is ready from their log lines, in either format."""
+    srv = start_server(workers=2, args=["--admin-listen", "off", "--log-format", log_format])
+    assert srv.admin_port is None
+    assert "admin listener" not in srv.log_text()
+    assert srv.readiness()[0]
+    assert_serves(srv)

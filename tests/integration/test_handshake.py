@@ -328,7 +328,13 @@ def test_handshake_timeout_does_not_cut_websocket_sessions(start_server):
 
     async def main():
         async with ws_connect(srv.url) as ws:
-            await asyncio.sleep(2.5)
+            # a silent connection opened after the session is cut by the
+            # handshake timeout: by then the worker has also checked the
+            # session's (earlier) handshake deadline
+            def silent_cut():
+                with wsraw.connect(srv.port) as s:
+                    return wsraw.read_until_eof(s, timeout=5)[1]
+            assert await asyncio.to_thread(silent_cut), "a silent connection stayed open"
             assert await request(ws, {"type": "ping"}) == {"type": "pong"}
 
     run(main())
@@ -341,7 +347,7 @@ def test_slow_but_complete_handshake_is_fine(start_server):
     with wsraw.connect(srv.port) as s:
         for i in range(0, len(req), 20):
             s.sendall(req[i:i + 20])
-            time.sleep(0.03)
+            time.sleep(0.03)  # paces the trickle: the head must come in slowly
         head, rest = wsraw.read_head(s)
         assert head.startswith(b"HTTP/1.1 101 "), head
         ws = wsraw.RawWS(s, rest)

@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 import wsraw
-from helpers import assert_serves, expect_close, ping_pong, request, run, ws_connect
+from helpers import assert_serves, expect_close, ping_pong, request, run, wait_for_async, ws_connect
 from wsraw import OP_CLOSE, OP_PING, RawWS
 
 
@@ -41,14 +41,8 @@ def test_killed_worker_is_replaced(start_server):
                 assert await request(c, {"type": "ping", "id": i}) == {"type": "pong", "id": i}
             victim = old[0]
             os.kill(victim, signal.SIGKILL)
-            # a new worker replaces it
-            deadline = time.monotonic() + 5
-            while True:
-                pids = srv.worker_pids()
-                if len(pids) == 2 and victim not in pids:
-                    break
-                assert time.monotonic() < deadline, f"no new worker: {pids}\n{srv.log_text()}"
-                await asyncio.sleep(0.05)
+            # a new worker replaces it, and listens
+            pids = await asyncio.to_thread(srv.wait_workers, 2, exclude={victim})
             assert old[1] in pids
             # the killed worker's clients lost their connection, the others
             # still answer
@@ -81,12 +75,10 @@ def test_worker_killed_repeatedly(start_server):
     srv.expect_worker_crash = True
     seen = set()
     for _ in range(3):
-        (pid,) = srv.wait_workers(1, timeout=10, exclude=seen)
+        (pid,) = srv.wait_workers(1, exclude=seen)  # running and ready
         seen.add(pid)
-        srv.wait_ready()
         os.kill(pid, signal.SIGKILL)
-    (pid,) = srv.wait_workers(1, timeout=10, exclude=seen)
-    srv.wait_ready()
+    srv.wait_workers(1, exclude=seen)
     assert_serves(srv)
     assert srv.stop() == 0
 
@@ -153,11 +145,14 @@ def test_sigterm_with_a_client_that_never_answers_the_close(start_server):
 
 def test_sigterm_during_handshakes(start_server):
     srv = start_server(workers=1)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n"  # incomplete
+    before = srv.metrics().total("tidings_received_bytes_total")
     socks = [wsraw.connect(srv.port) for _ in range(5)]
     try:
         for s in socks:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # incomplete
-        time.sleep(0.2)
+            s.sendall(head)
+        srv.wait_metrics("the worker to read the five incomplete heads", lambda m: m.total(
+            "tidings_received_bytes_total") - before == 5 * len(head))
         t0 = time.monotonic()
         assert srv.stop() == 0
         assert time.monotonic() - t0 < 5
@@ -189,7 +184,10 @@ def test_client_that_answers_pings_stays(start_server):
 
     async def main():
         async with ws_connect(srv.url) as ws:  # websockets answers pings by itself
-            await asyncio.sleep(4)
+            # pinged again after answering: the server checked the answer
+            # and kept the client; three rounds of that
+            await wait_for_async("four server pings answered",
+                                 lambda: ws.pings_answered >= 4, timeout=10)
             assert await request(ws, {"type": "ping"}) == {"type": "pong"}
 
     run(main())
@@ -222,7 +220,7 @@ def test_busy_client_that_ignores_pings_is_cut(start_server):
             while time.monotonic() - t0 < 6:
                 ws.send_text('{"type":"ping"}')
                 ws.recv_data(timeout=2, answer_pings=False)
-                time.sleep(0.2)
+                time.sleep(0.2)  # paces the client's traffic: busy, yet not answering pings
         assert time.monotonic() - t0 <= 4.5
     assert_serves(srv)
 
@@ -240,13 +238,9 @@ def test_sighup_replaces_workers_and_drains_the_old_ones(start_server):
         srv.proc.send_signal(signal.SIGHUP)
         codes = await asyncio.gather(*(expect_close(c, 10) for c in clients))
         assert codes == [1001] * len(clients)
-        deadline = time.monotonic() + 10
-        while True:
-            pids = srv.worker_pids()
-            if len(pids) == 2 and not set(pids) & set(old):
-                break
-            assert time.monotonic() < deadline, f"workers after SIGHUP: {pids} (old {old})"
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(srv.wait_workers, 2, exclude=set(old))  # the new ones, ready
+        await wait_for_async(f"the old workers {old} to leave",
+                             lambda: not set(srv.worker_pids()) & set(old), timeout=10)
         for _ in range(5):
             await ping_pong(srv.url)
 

@@ -5,14 +5,10 @@ import json
 
 import pytest
 
-from helpers import (assert_serves, expect_silence, recv_json, request, run, send_json,
+from helpers import (assert_serves, expect_silence, note, recv_json, request, run, send_json,
                      subscribe, ws_connect)
 
 NOTE = "notification"
-
-
-def note(topic, payload):
-    return {"type": NOTE, "topic": topic, "payload": payload}
 
 
 async def recv_n(ws, n):

@@ -20,16 +20,14 @@ import signal
 import socket
 import struct
 import time
-from pathlib import Path
 
 import wsraw
+from conftest import REPO
+from helpers import wait_for
 from test_browser import ensure_playwright_core, run_node_test
-from test_metrics import (Wire, admin_get, close_ws, embedded_redis_socket, open_ws,
-                          recv_json, redis_numsub, scrape, send_json, subscribe, wait_for,
-                          worker_slots)
+from test_metrics import Wire, open_ws, wait_wire_counted
 from wsraw import OP_CLOSE, OP_TEXT, RawWS
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "browser" / "status.test.js"
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "status.png"
@@ -56,14 +54,14 @@ def test_status_page_in_chromium(start_server):
     ensure_playwright_core()
     N, TOPIC = 3, "status-demo"
     srv = start_server(workers=2)
-    sock = embedded_redis_socket(srv)
+    redis = srv.embedded_redis()
     wire = Wire()
     clients = [open_ws(srv.port, wire) for _ in range(N)]
     try:
         for ws in clients:
-            subscribe(ws, TOPIC)
-        with_subs = sum(1 for v in scrape(srv).per_worker("tidings_connections").values() if v)
-        wait_for("Redis subscriptions", lambda: redis_numsub(sock, TOPIC) == with_subs)
+            ws.subscribe(TOPIC)
+        with_subs = sum(1 for v in srv.metrics().per_worker("tidings_connections").values() if v)
+        wait_for("Redis subscriptions", lambda: redis.numsub(TOPIC) == with_subs)
         if SCREENSHOT.exists():
             SCREENSHOT.unlink()
         run_status_test({"ADMIN_URL": f"http://127.0.0.1:{srv.admin_port}/status",
@@ -71,12 +69,12 @@ def test_status_page_in_chromium(start_server):
                          "EXPECT_WORKERS": "2", "TOPIC": TOPIC})
         # the subscribers here got what the browser published (no reads
         # meanwhile: the notifications waited in the socket buffers)
-        m = scrape(srv)
+        m = srv.metrics()
         published = m.total("tidings_publishes_total")
         assert published > 0
         assert m.total("tidings_deliveries_total") == N * published
         for ws in clients:
-            msg, _ = recv_json(ws)
+            msg, _ = ws.recv_json()
             assert msg == {"type": "notification", "topic": TOPIC, "payload": {"n": 0}}, msg
     finally:
         for ws in clients:
@@ -105,47 +103,53 @@ def snapshot(ws, timeout=3.0):
 
 def test_status_ws_snapshots_agree_with_metrics(start_server):
     srv = start_server(workers=2)
-    sock = embedded_redis_socket(srv)
-    st = RawWS.open(srv.admin_port, path="/status/ws")
+    redis = srv.embedded_redis()
+    # the gap between snapshots is taken from the kernel's receive times
+    st = RawWS.open(srv.admin_port, path="/status/ws",
+                    sock=wsraw.ArrivalSocket(wsraw.connect(srv.admin_port)))
     try:
         t0 = time.time()
         first = snapshot(st, timeout=0.5)  # one right away
+        t1 = st.sock.arrival
         assert abs(first["time"] - t0) < 2, (first["time"], t0)
         assert first["restarts"] == 0
         assert [w["worker"] for w in first["workers"]] == [1, 2]
-        slots = worker_slots(srv)
+        slots = srv.worker_slots()
         assert {w["worker"]: w["pid"] for w in first["workers"]} == slots
         assert all(w["up"] for w in first["workers"])
-        t1 = time.monotonic()
         second = snapshot(st)
-        gap = time.monotonic() - t1
+        gap = st.sock.arrival - t1
         assert 0.5 < gap < 1.6, f"snapshots {gap:.2f} s apart"
         assert 0.5 < second["time"] - first["time"] < 1.6
 
         # a workload, then a quiet snapshot that must match /metrics
+        before = srv.metrics()
         wire = Wire()
         clients = [open_ws(srv.port, wire) for _ in range(4)]
         for ws in clients:
-            subscribe(ws, "snap")
-        with_subs = sum(1 for v in scrape(srv).per_worker("tidings_connections").values() if v)
-        wait_for("Redis subscriptions", lambda: redis_numsub(sock, "snap") == with_subs)
+            ws.subscribe("snap")
+        with_subs = sum(1 for v in srv.metrics().per_worker("tidings_connections").values() if v)
+        wait_for("Redis subscriptions", lambda: redis.numsub("snap") == with_subs)
         for i in range(5):
-            send_json(clients[0], {"type": "publish", "topic": "snap", "payload": i})
+            clients[0].send_json({"type": "publish", "topic": "snap", "payload": i})
         for ws in clients:
             notes = replies = 0
             while notes < 5 or (ws is clients[0] and replies < 5):
-                msg = recv_json(ws)[0]
+                msg = ws.recv_json()[0]
                 notes += msg.get("type") == "notification"
                 replies += msg.get("status") == "published"
-        time.sleep(0.2)
+        # quiet: the server has counted every byte the clients wrote and read
+        wait_wire_counted(srv, wire, before.total("tidings_received_bytes_total"),
+                          before.total("tidings_sent_bytes_total"))
+        quiet = time.time()
         deadline = time.monotonic() + 4
-        while True:  # until the workers' next tick has also set topics and redis
+        while True:  # a snapshot made since, after a tick has also set topics and redis
             s = snapshot(st)
-            if all(w["redis"] and w["topics"] == (1 if w["connections"] else 0)
-                   for w in s["workers"]):
+            if s["time"] > quiet and all(w["redis"] and w["topics"] ==
+                                         (1 if w["connections"] else 0) for w in s["workers"]):
                 break
             assert time.monotonic() < deadline, s
-        m = scrape(srv)
+        m = srv.metrics()
         for w in s["workers"]:
             n = w["worker"]
             for key, fam in [("connections", "tidings_connections"),
@@ -163,7 +167,7 @@ def test_status_ws_snapshots_agree_with_metrics(start_server):
         assert sum(w["publishes"] for w in s["workers"]) == 5
         assert sum(w["messages_in"] for w in s["workers"]) == 9
         for ws in clients:
-            close_ws(ws)
+            ws.close_handshake()
     finally:
         st.close()
 
@@ -175,7 +179,7 @@ def test_status_ws_reports_a_restart(start_server):
     try:
         s = snapshot(st, timeout=0.5)
         victim = next(w for w in s["workers"] if w["worker"] == 2)["pid"]
-        assert victim == worker_slots(srv)[2]
+        assert victim == srv.worker_slots()[2]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while True:
@@ -184,7 +188,7 @@ def test_status_ws_reports_a_restart(start_server):
             if s["restarts"] == 1 and w2["up"] and w2["pid"] not in (0, victim) and w2["redis"]:
                 break
             assert time.monotonic() < deadline, s
-        assert w2["pid"] == worker_slots(srv)[2]
+        assert w2["pid"] == srv.worker_slots()[2]
         assert next(w for w in s["workers"] if w["worker"] == 1)["up"]
     finally:
         st.close()
@@ -205,14 +209,14 @@ def test_status_ws_answers_a_close_with_a_close(start_server):
         assert closes[0][2][:2] in (wsraw.close_payload(1001), wsraw.close_payload(1000)), closes
     finally:
         st.close()
-    assert admin_get(srv, "/healthz").status == 200
+    assert srv.admin_get("/healthz").status == 200
 
 
 # ---- the admin port's HTTP ----
 
 def test_admin_http_surface_and_a_self_contained_page(start_server):
     srv = start_server(workers=1)
-    page = admin_get(srv, "/status")
+    page = srv.admin_get("/status")
     assert page.status == 200 and page.eof, page
     assert page.header("content-type") == "text/html; charset=utf-8", page
     assert int(page.header("content-length")) == len(page.body)
@@ -220,7 +224,7 @@ def test_admin_http_surface_and_a_self_contained_page(start_server):
     html = page.body.decode("utf-8")
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert "<title>tidings status</title>" in html
-    assert admin_get(srv, "/").body == page.body, "/ serves the status page too"
+    assert srv.admin_get("/").body == page.body, "/ serves the status page too"
     # nothing fetched from elsewhere: no absolute URLs, no external scripts,
     # styles, fonts or images; the socket is built from location.host
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.I), \
@@ -231,14 +235,14 @@ def test_admin_http_surface_and_a_self_contained_page(start_server):
     for el in ("c-conn", "c-in", "c-out", "c-rst", "g-conn", "g-msg", "workers"):
         assert f'id="{el}"' in html, el
 
-    assert admin_get(srv, "/healthz").status == 200
-    r = admin_get(srv, "/status/ws")  # no upgrade
+    assert srv.admin_get("/healthz").status == 200
+    r = srv.admin_get("/status/ws")  # no upgrade
     assert r.status == 400, r
     r = wsraw.http_exchange(srv.admin_port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n"
                                             b"Content-Length: 0\r\n\r\n")
     assert r.status == 405, r
-    assert admin_get(srv, "/metrics/").status == 404
-    assert admin_get(srv, "/favicon.ico").status == 404
+    assert srv.admin_get("/metrics/").status == 404
+    assert srv.admin_get("/favicon.ico").status == 404
 
 
 def test_admin_port_drops_requests_that_never_arrive(start_server):
@@ -250,13 +254,13 @@ def test_admin_port_drops_requests_that_never_arrive(start_server):
     part.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
     try:
         start = time.monotonic()
-        assert admin_get(srv, "/healthz").status == 200
+        assert srv.admin_get("/healthz").status == 200
         for s in (idle, part):
             s.settimeout(15)
             assert s.recv(1024) == b"", "the server answered a request that never came"
         waited = time.monotonic() - start
         assert 8 <= waited <= 14, f"closed after {waited:.1f} s, expected about 10 s"
-        assert admin_get(srv, "/healthz").status == 200
+        assert srv.admin_get("/healthz").status == 200
     finally:
         for s in (idle, part):
             s.close()

@@ -6,12 +6,14 @@ Everything here is blocking and every read has a timeout.
 """
 import base64
 import hashlib
+import json
 import os
 import socket
 import struct
 import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SO_TIMESTAMPNS = 35  # Linux; also the control message's type (SCM_TIMESTAMPNS)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -20,10 +22,44 @@ class Timeout(AssertionError):
     pass
 
 
-def connect(port, timeout=5.0, host="127.0.0.1"):
-    s = socket.create_connection((host, port), timeout=timeout)
+def connect(port, timeout=5.0, host="127.0.0.1", rcvbuf=None):
+    """A connected TCP socket; `rcvbuf` sets SO_RCVBUF before the connect
+    (a small one keeps the kernel from buffering much for a slow reader)."""
+    if rcvbuf is None:
+        s = socket.create_connection((host, port), timeout=timeout)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+        except BaseException:
+            s.close()
+            raise
     s.settimeout(timeout)
     return s
+
+
+class ArrivalSocket:
+    """A socket whose recv() notes when the kernel received what it returns
+    (SO_TIMESTAMPNS): .arrival, in time.time() seconds.  The test process's
+    own scheduling does not move it."""
+
+    def __init__(self, sock):
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._s = sock
+        self.arrival = None
+
+    def recv(self, n):
+        data, anc, _, _ = self._s.recvmsg(n, socket.CMSG_SPACE(16))
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, ns = struct.unpack("qq", value[:16])
+                self.arrival = sec + ns / 1e9
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
 
 
 def new_key():
@@ -61,12 +97,27 @@ class Response:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             self.headers.setdefault(name.strip().lower(), value.strip())
+        if (self.header("transfer-encoding") or "").lower() == "chunked":
+            self.body = _dechunk(self.body)
 
     def header(self, name):
         return self.headers.get(name.lower())
 
     def __repr__(self):
         return f"Response({self.raw[:300]!r}, eof={self.eof})"
+
+
+def _dechunk(data):
+    """A chunked body (RFC 9112 7.1) joined; what is incomplete is left out."""
+    out = b""
+    while True:
+        line, sep, rest = data.partition(b"\r\n")
+        size = line.split(b";")[0].strip()
+        if not sep or not size or int(size, 16) == 0:
+            return out
+        n = int(size, 16)
+        out += rest[:n]
+        data = rest[n + 2:]
 
 
 def read_head(sock, timeout=None):
@@ -108,18 +159,36 @@ def read_until_eof(sock, timeout=5.0, limit=1 << 20):
     return data, False
 
 
-def http_exchange(port, request, timeout=5.0):
-    """Sends raw bytes, reads the whole response until the server closes."""
-    with connect(port, timeout) as s:
+def http_exchange(port, request, timeout=5.0, host="127.0.0.1", sock=None):
+    """Sends raw bytes, reads the whole response until the server closes.
+    `sock`: a connected socket to use (and close) instead of a new one."""
+    s = connect(port, timeout, host) if sock is None else sock
+    try:
         s.sendall(request)
         data, eof = read_until_eof(s, timeout)
+    finally:
+        s.close()
     return Response(data, eof)
 
 
-def http_get(port, path="/", timeout=5.0, headers=None):
-    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+def http_get(port, path="/", timeout=5.0, headers=None, host="127.0.0.1"):
+    head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
     head += "".join(f"{n}: {v}\r\n" for n, v in (headers or []))
-    return http_exchange(port, (head + "\r\n").encode(), timeout)
+    return http_exchange(port, (head + "\r\n").encode(), timeout, host)
+
+
+def handshake(port, extra=(), path="/"):
+    """Sends an upgrade request; returns the response (a Response).  A 101
+    is returned as soon as its head is in, anything else only once the
+    server has closed the connection (resp.eof) with the body read."""
+    with connect(port) as s:
+        s.sendall(upgrade_request(path=path, extra=list(extra)))
+        head, rest = read_head(s)
+        data = head + rest
+        if data.startswith(b"HTTP/1.1 101 "):
+            return Response(data, False)
+        rest, eof = read_until_eof(s)
+        return Response(data + rest, eof)
 
 
 def build_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, mask_key=None,
@@ -154,10 +223,13 @@ class RawWS:
     def __init__(self, sock, leftover=b""):
         self.sock = sock
         self.buf = leftover
+        self.response = None  # the 101, when open() made the handshake
 
     @classmethod
-    def open(cls, port, path="/", timeout=5.0, extra=None):
-        s = connect(port, timeout)
+    def open(cls, port, path="/", timeout=5.0, extra=None, sock=None):
+        """Connects and upgrades; `sock`: a connected socket to use instead
+        of a new one (one that counts its bytes, or has a small buffer)."""
+        s = connect(port, timeout) if sock is None else sock
         try:
             key = new_key()
             s.sendall(upgrade_request(path=path, key=key, extra=extra))
@@ -165,7 +237,9 @@ class RawWS:
             resp = Response(head, False)
             assert resp.status == 101, resp
             assert resp.header("sec-websocket-accept") == accept_for(key), resp
-            return cls(s, rest)
+            ws = cls(s, rest)
+            ws.response = resp
+            return ws
         except BaseException:
             s.close()
             raise
@@ -178,6 +252,22 @@ class RawWS:
 
     def send_text(self, text, **kw):
         self.send_frame(OP_TEXT, text, **kw)
+
+    def send_json(self, obj):
+        """One text message, compact JSON."""
+        self.send_text(json.dumps(obj, separators=(",", ":")))
+
+    def recv_json(self, timeout=5.0):
+        """The next data message, which must be one whole text frame of
+        JSON; returns (the decoded value, its raw bytes)."""
+        fin, op, payload = self.recv_data(timeout)
+        assert fin and op == OP_TEXT, (fin, op, payload[:200])
+        return json.loads(payload), payload
+
+    def subscribe(self, topic):
+        self.send_json({"type": "subscribe", "topic": topic})
+        msg, _ = self.recv_json()
+        assert msg == {"status": "subscribed", "topic": topic}, msg
 
     def _fill(self, n, deadline):
         while len(self.buf) < n:
@@ -250,6 +340,16 @@ class RawWS:
                 frames.append(self.recv_frame(max(0.0, deadline - time.monotonic())))
             except (EOFError, ConnectionResetError):
                 return frames
+
+    def close_handshake(self, code=1000):
+        """A clean close from the client: a close frame, the server's
+        answer, then the server closes TCP (after which the server has
+        forgotten the connection); the socket is closed."""
+        self.send_frame(OP_CLOSE, close_payload(code))
+        fin, op, payload = self.recv_data()
+        assert op == OP_CLOSE and payload[:2] == close_payload(code), (op, payload)
+        self.wait_eof()
+        self.close()
 
     def close(self):
         try:
