@@ -227,7 +227,8 @@ def test_busy_client_that_ignores_pings_is_cut(start_server):
 
 def test_sighup_replaces_workers_and_drains_the_old_ones(start_server):
     """README: SIGHUP starts a new set of workers, then drains the old ones
-    (their clients get 1001); the master keeps running."""
+    (their clients get 1012 "service restart": reconnect and resume); the
+    master keeps running."""
     srv = start_server(workers=2)
     old = srv.wait_workers(2)
 
@@ -237,7 +238,7 @@ def test_sighup_replaces_workers_and_drains_the_old_ones(start_server):
             assert await request(c, {"type": "ping"}) == {"type": "pong"}
         srv.proc.send_signal(signal.SIGHUP)
         codes = await asyncio.gather(*(expect_close(c, 10) for c in clients))
-        assert codes == [1001] * len(clients)
+        assert codes == [1012] * len(clients)
         await asyncio.to_thread(srv.wait_workers, 2, exclude=set(old))  # the new ones, ready
         await wait_for_async(f"the old workers {old} to leave",
                              lambda: not set(srv.worker_pids()) & set(old), timeout=10)
