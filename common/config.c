@@ -111,8 +111,10 @@ static int parse_ll(const char *s, long long *out, int allow_suffix) {
   if (errno || end == s) return -1;
   if (allow_suffix && *end) {
     long long mul = 0;
-    if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kb") == 0 || strcasecmp(end, "kib") == 0) mul = 1024;
-    else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0 || strcasecmp(end, "mib") == 0) mul = 1024 * 1024;
+    if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kb") == 0 || strcasecmp(end, "kib") == 0)
+      mul = 1024;
+    else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0 || strcasecmp(end, "mib") == 0)
+      mul = 1024 * 1024;
     else return -1;
     if (v > LLONG_MAX / mul || v < 0) return -1;
     v *= mul;
@@ -123,8 +125,8 @@ static int parse_ll(const char *s, long long *out, int allow_suffix) {
   return 0;
 }
 
-static int set_opt(struct config *cfg, const struct opt *o, const char *val,
-                   const char *src, char *err, size_t errlen) {
+static int set_opt(struct config *cfg, const struct opt *o, const char *val, const char *src,
+                   char *err, size_t errlen) {
   void *field = (char *)cfg + o->offset;
   long long v;
   switch (o->type) {
@@ -133,11 +135,13 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *val,
       if (o->offset == OFF(jwt_secret) && strcmp(src, "default") != 0) cfg->jwt_secret_given = 1;
       return 0;
     case OPT_BOOL:
-      if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") || !strcasecmp(val, "on")) {
+      if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") ||
+          !strcasecmp(val, "on")) {
         *(int *)field = 1;
         return 0;
       }
-      if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no") || !strcasecmp(val, "off")) {
+      if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no") ||
+          !strcasecmp(val, "off")) {
         *(int *)field = 0;
         return 0;
       }
@@ -145,7 +149,8 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *val,
       return -1;
     case OPT_LEVEL:
       if (log_level_parse(val, (enum log_level *)field) < 0) {
-        snprintf(err, errlen, "%s: --%s expects debug, info, warn or error, got '%s'", src, o->name, val);
+        snprintf(err, errlen, "%s: --%s expects debug, info, warn or error, got '%s'", src, o->name,
+                 val);
         return -1;
       }
       return 0;
@@ -192,17 +197,20 @@ static int check(struct config *cfg, char *err, size_t errlen) {
   }
   cfg->slow_disconnect = strcmp(cfg->slow_policy, "disconnect") == 0;
   if (cfg->jwt_secret_given && !cfg->jwt_secret[0]) {
-    snprintf(err, errlen, "--jwt-secret is empty: refusing to start without authentication by mistake");
+    snprintf(err, errlen,
+             "--jwt-secret is empty: refusing to start without authentication by mistake");
     return -1;
   }
-  if ((cfg->jwt_secret[0] != 0) + (cfg->jwt_secret_file[0] != 0) + (cfg->jwt_public_key[0] != 0) > 1) {
+  if ((cfg->jwt_secret[0] != 0) + (cfg->jwt_secret_file[0] != 0) + (cfg->jwt_public_key[0] != 0) >
+      1) {
     snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
     return -1;
   }
   /* the drain happens within the grace period */
   if (cfg->drain_window > cfg->shutdown_grace) cfg->drain_window = cfg->shutdown_grace;
   if (strchr(cfg->redis_prefix, '{') || strchr(cfg->redis_prefix, '}')) {
-    snprintf(err, errlen, "--redis-prefix must not contain '{' or '}' (they make Redis Cluster hash tags)");
+    snprintf(err, errlen,
+             "--redis-prefix must not contain '{' or '}' (they make Redis Cluster hash tags)");
     return -1;
   }
   if (strlen(cfg->redis_prefix) > REDIS_PREFIX_MAX_LEN) {
@@ -291,16 +299,17 @@ void config_log(const struct config *c) {
   char err[256];
   if (c->redis[0] && redis_addr_parse(c->redis, &ra, err, sizeof(err)) == 0)
     redis_addr_describe(&ra, where, sizeof(where));
-  log_info("options", "options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
+  log_info("options",
+           "options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
            "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds "
            "history-size=%d history-ttl=%ds history-topics='%s' drain-window=%ds",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
-           log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout,
-           where, c->redis_prefix,
-           c->proxy_protocol ? "on" : "off", c->no_compression ? "off" : "permessage-deflate",
-           c->compression_threshold, c->max_queued_bytes, c->slow_policy, c->slow_grace,
-           c->history_size, c->history_ttl, c->history_topics, c->drain_window);
+           log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout, where,
+           c->redis_prefix, c->proxy_protocol ? "on" : "off",
+           c->no_compression ? "off" : "permessage-deflate", c->compression_threshold,
+           c->max_queued_bytes, c->slow_policy, c->slow_grace, c->history_size, c->history_ttl,
+           c->history_topics, c->drain_window);
 }

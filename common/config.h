@@ -29,42 +29,41 @@ struct config {
   int max_subscriptions;   /* per connection */
   const char *echo_path;   /* "" = off */
   enum log_level log_level;
-  const char *log_format;  /* "text" or "json" */
-  int shutdown_grace;      /* seconds */
-  int handshake_timeout;   /* seconds */
-  const char *redis;       /* "" = embedded redis-server */
+  const char *log_format; /* "text" or "json" */
+  int shutdown_grace;     /* seconds */
+  int handshake_timeout;  /* seconds */
+  const char *redis;      /* "" = embedded redis-server */
   const char *redis_prefix;
-  int proxy_protocol;      /* bool */
+  int proxy_protocol;          /* bool */
   const char *allowed_origins; /* comma-separated; "" = every origin */
-  int require_origin;      /* bool: refuse handshakes without Origin */
-  int max_connections;     /* per worker; 0 = no cap */
-  int max_connections_per_ip; /* over all workers; 0 = no cap */
-  int rate_limit;          /* messages/s per connection; 0 = off */
+  int require_origin;          /* bool: refuse handshakes without Origin */
+  int max_connections;         /* per worker; 0 = no cap */
+  int max_connections_per_ip;  /* over all workers; 0 = no cap */
+  int rate_limit;              /* messages/s per connection; 0 = off */
   int rate_burst;
-  const char *jwt_secret;     /* HS256 secret, or "" */
-  int jwt_secret_given;       /* --jwt-secret was set, maybe to "" */
+  const char *jwt_secret; /* HS256 secret, or "" */
+  int jwt_secret_given;   /* --jwt-secret was set, maybe to "" */
   const char *jwt_secret_file;
-  const char *jwt_public_key; /* PEM file for RS256/ES256, or "" */
-  int jwt_leeway;             /* seconds of clock skew allowed for exp/nbf */
-  const char *admin_listen;   /* host:port of the admin listener, "off" = none */
-  int no_compression;      /* bool: never negotiate permessage-deflate */
+  const char *jwt_public_key;   /* PEM file for RS256/ES256, or "" */
+  int jwt_leeway;               /* seconds of clock skew allowed for exp/nbf */
+  const char *admin_listen;     /* host:port of the admin listener, "off" = none */
+  int no_compression;           /* bool: never negotiate permessage-deflate */
   size_t compression_threshold; /* smaller messages go uncompressed */
-  size_t max_queued_bytes; /* per connection, before the slow policy applies */
-  const char *slow_policy; /* "drop" or "disconnect" */
-  int slow_disconnect;     /* slow_policy == "disconnect" */
-  int slow_grace;          /* seconds over the cap before disconnecting */
-  int history_size;        /* messages kept per topic; 0 = no history */
-  int history_ttl;         /* seconds a topic's history lives after its last publish */
-  const char *history_topics; /* comma-separated patterns of topics with history */
-  int drain_window;        /* seconds over which a drain closes clients */
+  size_t max_queued_bytes;      /* per connection, before the slow policy applies */
+  const char *slow_policy;      /* "drop" or "disconnect" */
+  int slow_disconnect;          /* slow_policy == "disconnect" */
+  int slow_grace;               /* seconds over the cap before disconnecting */
+  int history_size;             /* messages kept per topic; 0 = no history */
+  int history_ttl;              /* seconds a topic's history lives after its last publish */
+  const char *history_topics;   /* comma-separated patterns of topics with history */
+  int drain_window;             /* seconds over which a drain closes clients */
   int help;
   int version;
 };
 
 /* Fills cfg from defaults, the environment and argv.  Returns 0 on success;
  * on error writes one line (no newline) to err and returns -1. */
-int config_parse(struct config *cfg, int argc, char **argv, char *err,
-                 size_t errlen);
+int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
 
 /* Prints --help text. */
 void config_usage(FILE *out, const char *prog);

@@ -24,10 +24,8 @@ int frame_parse_head(const uint8_t *buf, size_t n, struct frame_head *h) {
   h->rsv = (buf[0] >> 4) & 7;
   h->opcode = buf[0] & 0x0f;
   h->masked = (uint8_t)masked;
-  if (masked)
-    memcpy(h->mask, buf + 2 + ext, 4);
-  else
-    memset(h->mask, 0, 4);
+  if (masked) memcpy(h->mask, buf + 2 + ext, 4);
+  else memset(h->mask, 0, 4);
   return (int)need;
 }
 

@@ -131,8 +131,8 @@ static int key_valid(struct http_str key) {
   if (key.n != 24 || key.p[22] != '=' || key.p[23] != '=') return 0;
   for (size_t i = 0; i < 22; i++) {
     char c = key.p[i];
-    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-          c == '+' || c == '/'))
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+          c == '/'))
       return 0;
   }
   /* the last data character carries 2 bits; the 4 unused bits must be 0 */
@@ -205,8 +205,8 @@ const char *http_reason(int status) {
   }
 }
 
-int http_format_response(char *out, size_t outlen, int status, const char *ctype,
-                         const char *extra, const char *body) {
+int http_format_response(char *out, size_t outlen, int status, const char *ctype, const char *extra,
+                         const char *body) {
   size_t blen = body ? strlen(body) : 0;
   int n = snprintf(out, outlen,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"

@@ -29,8 +29,8 @@ struct http_request {
   int minor_version;      /* HTTP/1.x */
   int nheaders;
   /* headers the server acts on; n == 0 when absent */
-  struct http_str host, upgrade, connection, ws_key, ws_version, origin, ws_protocol,
-      ws_extensions, authorization;
+  struct http_str host, upgrade, connection, ws_key, ws_version, origin, ws_protocol, ws_extensions,
+      authorization;
   int dup_key; /* Sec-WebSocket-Key appeared more than once */
 };
 

@@ -32,9 +32,7 @@ int log_level_parse(const char *name, enum log_level *out) {
   return -1;
 }
 
-const char *log_level_name(enum log_level lvl) {
-  return (unsigned)lvl < 4 ? names[lvl] : "?";
-}
+const char *log_level_name(enum log_level lvl) { return (unsigned)lvl < 4 ? names[lvl] : "?"; }
 
 void log_set_level(enum log_level lvl) { current_level = lvl; }
 void log_set_role(const char *r) { snprintf(role, sizeof(role), "%s", r); }
@@ -112,8 +110,8 @@ void log_msg(enum log_level lvl, const char *event, const char *fmt, ...) {
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
   char ts[96];
-  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -127,13 +125,15 @@ void log_msg(enum log_level lvl, const char *event, const char *fmt, ...) {
     len += json_escape(line + len, sizeof(line) - len - 64, msg, strlen(msg));
     line[len++] = '"';
     len += json_fields(line + len, sizeof(line) - len - 48, msg);
-    if (dropped) len += (size_t)snprintf(line + len, sizeof(line) - len, ",\"log_dropped\":%lu", dropped);
+    if (dropped)
+      len += (size_t)snprintf(line + len, sizeof(line) - len, ",\"log_dropped\":%lu", dropped);
     line[len++] = '}';
   } else {
     len = (size_t)snprintf(line, sizeof(line), "%s %-5s [%d] %s: %s", ts, log_level_name(lvl),
                            (int)getpid(), role, msg);
     if (len > sizeof(line) - 64) len = sizeof(line) - 64;
-    if (dropped) len += (size_t)snprintf(line + len, 64, " (%lu log lines dropped before)", dropped);
+    if (dropped)
+      len += (size_t)snprintf(line + len, 64, " (%lu log lines dropped before)", dropped);
   }
   line[len++] = '\n';
   /* one write(2) per line so lines of several processes never interleave */

@@ -39,7 +39,10 @@ void log_set_worker(int id);
 void log_msg(enum log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define log_debug(...) do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+#define log_debug(...)                                           \
+  do {                                                           \
+    if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, __VA_ARGS__); \
+  } while (0)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)

@@ -14,24 +14,24 @@
 #include "reject.h"
 
 enum metric_counter {
-  M_CONNECTIONS_TOTAL, /* WebSocket sessions opened */
-  M_MESSAGES_IN,       /* WebSocket data messages received */
-  M_BYTES_IN,          /* bytes read from clients (wire) */
-  M_BYTES_OUT,         /* bytes handed to the kernel for clients (wire) */
-  M_BYTES_OUT_RAW,     /* notification bytes before compression */
-  M_PUBLISHES,         /* publishes accepted by Redis */
-  M_PUBLISH_ERRORS,    /* publishes answered with an error */
-  M_BUS_MESSAGES,      /* messages received from Redis */
-  M_DELIVERIES,        /* notifications queued to subscribers */
-  M_SLOW_DROPPED,      /* notifications skipped for slow subscribers */
-  M_SLOW_DISCONNECTS,  /* subscribers closed for slowness */
-  M_RATE_LIMITED,      /* messages refused by the rate limit */
-  M_REDIS_RECONNECTS,  /* Redis connections re-established */
+  M_CONNECTIONS_TOTAL,  /* WebSocket sessions opened */
+  M_MESSAGES_IN,        /* WebSocket data messages received */
+  M_BYTES_IN,           /* bytes read from clients (wire) */
+  M_BYTES_OUT,          /* bytes handed to the kernel for clients (wire) */
+  M_BYTES_OUT_RAW,      /* notification bytes before compression */
+  M_PUBLISHES,          /* publishes accepted by Redis */
+  M_PUBLISH_ERRORS,     /* publishes answered with an error */
+  M_BUS_MESSAGES,       /* messages received from Redis */
+  M_DELIVERIES,         /* notifications queued to subscribers */
+  M_SLOW_DROPPED,       /* notifications skipped for slow subscribers */
+  M_SLOW_DISCONNECTS,   /* subscribers closed for slowness */
+  M_RATE_LIMITED,       /* messages refused by the rate limit */
+  M_REDIS_RECONNECTS,   /* Redis connections re-established */
   M_HISTORY_DUPLICATES, /* messages with an offset already delivered, dropped */
-  M_HISTORY_CATCHUPS,  /* history reads to fill a gap in a topic's offsets */
-  M_RESUMES,           /* subscribes with "since" answered recovered:true */
-  M_RESUMES_FAILED,    /* ... answered recovered:false */
-  M_REJECT_FIRST,      /* + enum reject_reason: handshakes refused */
+  M_HISTORY_CATCHUPS,   /* history reads to fill a gap in a topic's offsets */
+  M_RESUMES,            /* subscribes with "since" answered recovered:true */
+  M_RESUMES_FAILED,     /* ... answered recovered:false */
+  M_REJECT_FIRST,       /* + enum reject_reason: handshakes refused */
   M__COUNT = M_REJECT_FIRST + REJECT__COUNT
 };
 
@@ -47,8 +47,8 @@ enum metric_gauge {
  * message's arrival from Redis to its frame's hand-over to the kernel. */
 #define METRIC_LAT_BUCKETS 14
 static const uint32_t metric_lat_bounds_us[METRIC_LAT_BUCKETS] = {
-    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
-    UINT32_MAX /* +Inf */};
+    50,    100,   250,   500,    1000,   2500,    5000,
+    10000, 25000, 50000, 100000, 250000, 1000000, UINT32_MAX /* +Inf */};
 
 struct metrics {
   uint64_t c[M__COUNT];

@@ -37,7 +37,8 @@ int redis_addr_parse(const char *s, struct redis_addr *a, char *err, size_t errl
   char q[256];
   if (strncmp(s, "redis://", 8) != 0) {
     quote(s, q, sizeof(q));
-    snprintf(err, errlen, "--redis must be redis://[:password@]host:port[/db] or unix:/path, got '%s'", q);
+    snprintf(err, errlen,
+             "--redis must be redis://[:password@]host:port[/db] or unix:/path, got '%s'", q);
     return -1;
   }
   const char *p = s + 8;
@@ -87,11 +88,13 @@ int redis_addr_parse(const char *s, struct redis_addr *a, char *err, size_t errl
   return 0;
 bad:
   quote(s, q, sizeof(q));
-  snprintf(err, errlen, "--redis: cannot parse '%s' (expected redis://[:password@]host:port[/db])", q);
+  snprintf(err, errlen, "--redis: cannot parse '%s' (expected redis://[:password@]host:port[/db])",
+           q);
   return -1;
 }
 
 void redis_addr_describe(const struct redis_addr *a, char *out, size_t outlen) {
   if (a->is_unix) snprintf(out, outlen, "unix:%s", a->path);
-  else snprintf(out, outlen, "%s:%d/%d%s", a->host, a->port, a->db, a->password[0] ? " (auth)" : "");
+  else
+    snprintf(out, outlen, "%s:%d/%d%s", a->host, a->port, a->db, a->password[0] ? " (auth)" : "");
 }

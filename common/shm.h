@@ -26,9 +26,9 @@
 #define SHM_IP_BUCKETS 65536
 
 struct shm_row {
-  uint32_t pid;      /* the worker in the slot now, 0 when none */
+  uint32_t pid; /* the worker in the slot now, 0 when none */
   uint32_t ipcount_gen;
-  struct metrics m;  /* written by the worker only */
+  struct metrics m; /* written by the worker only */
   uint16_t ipcount[SHM_IP_BUCKETS];
 };
 

@@ -14,14 +14,22 @@ size_t utf8_valid_prefix(const uint8_t *s, size_t len) {
     size_t n;
     uint8_t lo = 0x80, hi = 0xBF;
     if (c >= 0xC2 && c <= 0xDF) n = 1;
-    else if (c == 0xE0) { n = 2; lo = 0xA0; }
-    else if (c >= 0xE1 && c <= 0xEC) n = 2;
-    else if (c == 0xED) { n = 2; hi = 0x9F; }
-    else if (c >= 0xEE && c <= 0xEF) n = 2;
-    else if (c == 0xF0) { n = 3; lo = 0x90; }
-    else if (c >= 0xF1 && c <= 0xF3) n = 3;
-    else if (c == 0xF4) { n = 3; hi = 0x8F; }
-    else return i;
+    else if (c == 0xE0) {
+      n = 2;
+      lo = 0xA0;
+    } else if (c >= 0xE1 && c <= 0xEC) n = 2;
+    else if (c == 0xED) {
+      n = 2;
+      hi = 0x9F;
+    } else if (c >= 0xEE && c <= 0xEF) n = 2;
+    else if (c == 0xF0) {
+      n = 3;
+      lo = 0x90;
+    } else if (c >= 0xF1 && c <= 0xF3) n = 3;
+    else if (c == 0xF4) {
+      n = 3;
+      hi = 0x8F;
+    } else return i;
     if (i + n >= len) return i; /* truncated */
     if (s[i + 1] < lo || s[i + 1] > hi) return i;
     for (size_t k = 2; k <= n; k++)

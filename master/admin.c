@@ -29,10 +29,8 @@ static void handle_closed(struct admin *a) {
 static void on_close(uv_handle_t *h) {
   struct aconn *c = h->data;
   struct admin *a = c->a;
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    a->conns = c->next;
+  if (c->prev) c->prev->next = c->next;
+  else a->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   a->nconns--;
   assert(a->nconns >= 0);
@@ -126,10 +124,8 @@ static void route(struct aconn *c, const struct http_request *req) {
     respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
     free(text);
   } else if (str_is(req->path, "/healthz")) {
-    if (admin_metrics_healthy(v))
-      respond_text(c, 200, "ok\n");
-    else
-      respond_text(c, 503, "no worker running\n");
+    if (admin_metrics_healthy(v)) respond_text(c, 200, "ok\n");
+    else respond_text(c, 503, "no worker running\n");
   } else if (str_is(req->path, "/readyz")) {
     char why[ADMIN_WHY_MAX];
     int ok = admin_metrics_ready(v, why, sizeof(why));
@@ -138,10 +134,8 @@ static void route(struct aconn *c, const struct http_request *req) {
     respond(c, 200, "text/html; charset=utf-8", admin_status_html, strlen(admin_status_html));
   } else if (str_is(req->path, "/status/ws")) {
     const char *why;
-    if (http_check_upgrade(req, &why) != 0)
-      respond_text(c, 400, "WebSocket upgrade expected\n");
-    else
-      admin_status_open(c, req->ws_key);
+    if (http_check_upgrade(req, &why) != 0) respond_text(c, 400, "WebSocket upgrade expected\n");
+    else admin_status_open(c, req->ws_key);
   } else {
     respond_text(c, 404, "Not found\n");
   }
@@ -180,16 +174,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   c->len += (size_t)nread;
   assert(c->len <= sizeof(c->buf));
   switch (c->state) {
-    case ACONN_HTTP:
-      http_input(c);
-      break;
-    case ACONN_WS:
-      admin_status_input(c);
-      break;
+    case ACONN_HTTP: http_input(c); break;
+    case ACONN_WS: admin_status_input(c); break;
     case ACONN_ANSWERED:
-    case ACONN_WS_CLOSING:
-      c->len = 0;
-      break;
+    case ACONN_WS_CLOSING: c->len = 0; break;
   }
 }
 
@@ -257,9 +245,7 @@ static void on_tick(uv_timer_t *t) {
         if (now - c->accepted > ADMIN_REQUEST_TIMEOUT_MS) admin__close(c);
         break;
       case ACONN_WS:
-      case ACONN_WS_CLOSING:
-        admin_status_tick(c, now);
-        break;
+      case ACONN_WS_CLOSING: admin_status_tick(c, now); break;
     }
   }
 }
@@ -278,8 +264,7 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *e
   size_t hl = (size_t)(colon - listen);
   if (listen[0] == '[' && hl >= 2 && listen[hl - 1] == ']')
     snprintf(host, sizeof(host), "%.*s", (int)(hl - 2), listen + 1);
-  else
-    snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
+  else snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
   char *end;
   long port = strtol(colon + 1, &end, 10);
   if (end == colon + 1 || *end || port < 0 || port > 65535) {

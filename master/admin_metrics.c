@@ -119,7 +119,8 @@ static const struct {
     {M_HISTORY_CATCHUPS, "tidings_history_catchups_total",
      "History reads to fill a gap in a topic's offsets (or after a re-subscription)."},
     {M_RESUMES, "tidings_resumes_total", "Subscribes with \"since\" answered recovered:true."},
-    {M_RESUMES_FAILED, "tidings_resumes_failed_total", "Subscribes with \"since\" answered recovered:false."},
+    {M_RESUMES_FAILED, "tidings_resumes_failed_total",
+     "Subscribes with \"since\" answered recovered:false."},
 };
 
 int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {

@@ -106,8 +106,6 @@ void admin_status_tick(struct aconn *c, uint64_t now) {
     return;
   }
   assert(c->state == ACONN_WS);
-  if (c->tcp.write_queue_size > STATUS_QUEUE_MAX)
-    admin__close(c);
-  else if (now - c->snap_at >= STATUS_SNAPSHOT_PERIOD_MS)
-    send_snapshot(c);
+  if (c->tcp.write_queue_size > STATUS_QUEUE_MAX) admin__close(c);
+  else if (now - c->snap_at >= STATUS_SNAPSHOT_PERIOD_MS) send_snapshot(c);
 }

@@ -90,8 +90,8 @@ size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char 
 /* The subscriber connection cannot hold what it should (a command could not
  * be queued): drop it, so that the reconnect re-subscribes every topic. */
 static void sub_reset(struct bus *b, const char *what) {
-  log_error("redis_subscribe_failed", "Redis subscriber connection to %s: cannot queue %s: reconnecting",
-            b->where, what);
+  log_error("redis_subscribe_failed",
+            "Redis subscriber connection to %s: cannot queue %s: reconnecting", b->where, what);
   if (b->sub.ac) redisAsyncDisconnect(b->sub.ac);
 }
 
@@ -102,11 +102,11 @@ static void send_subscribe(struct bus *b, const char *channel, size_t len) {
   size_t lens[2] = {9, len};
   if (redisAsyncCommandArgv(b->sub.ac, on_sub_reply, b, 2, argv, lens) != REDIS_OK)
     sub_reset(b, "a SUBSCRIBE");
-  else
-    history_sub_sent(b, 1);
+  else history_sub_sent(b, 1);
 }
 
-static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len, struct unsub ***pp) {
+static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len,
+                                struct unsub ***pp) {
   for (struct unsub **p = &b->unsubs; *p; p = &(*p)->next) {
     if ((*p)->len == len && memcmp((*p)->channel, channel, len) == 0) {
       if (pp) *pp = p;
@@ -119,7 +119,8 @@ static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len, 
 static void on_message(struct bus *b, const redisReply *chan, const redisReply *msg) {
   if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < b->prefix_len) return;
   if ((size_t)msg->len > b->env.cfg->max_message_size) {
-    log_warn("bus_message_dropped", "dropping a %zu-byte message on channel %.*s: over --max-message-size",
+    log_warn("bus_message_dropped",
+             "dropping a %zu-byte message on channel %.*s: over --max-message-size",
              (size_t)msg->len, (int)chan->len, chan->str);
     return;
   }
@@ -128,12 +129,12 @@ static void on_message(struct bus *b, const redisReply *chan, const redisReply *
   size_t plen = (size_t)msg->len;
   int env = history_parse_envelope(msg->str, (size_t)msg->len, &pos, &payload, &plen);
   if (env < 0) {
-    log_warn("bus_message_dropped", "dropping a malformed history envelope on channel %.*s", (int)chan->len,
-             chan->str);
+    log_warn("bus_message_dropped", "dropping a malformed history envelope on channel %.*s",
+             (int)chan->len, chan->str);
     return;
   }
-  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len, payload,
-                      plen, 0, env ? &pos : NULL);
+  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len,
+                      payload, plen, 0, env ? &pos : NULL);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
@@ -211,10 +212,10 @@ static void resub_flush(struct resub *r) {
   if (r->n == 0 || r->failed) return;
   r->argv[0] = "SUBSCRIBE";
   r->lens[0] = 9;
-  if (redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens) != REDIS_OK)
+  if (redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens) !=
+      REDIS_OK)
     r->failed = 1;
-  else
-    history_sub_sent(r->b, (size_t)r->n);
+  else history_sub_sent(r->b, (size_t)r->n);
   r->n = 0;
 }
 
@@ -242,7 +243,8 @@ static void resubscribe_all(struct bus *b) {
   b->env.host.each_topic(b->env.host.arg, resub_one, r);
   resub_flush(r);
   if (r->failed || history_resync_after(b) < 0) sub_reset(b, "the re-subscription");
-  else if (r->topics) log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
+  else if (r->topics)
+    log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
   free(r);
 }
 
@@ -260,22 +262,25 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv) {
 static void on_connect_timeout(uv_timer_t *t) {
   struct rconn *rc = t->data;
   if (rc->connected || !rc->ac) return;
-  log_warn("redis_connect_timeout", "Redis %s connection to %s: no answer within %d ms", rc->name, rc->b->where,
-           CONNECT_TIMEOUT_MS);
+  log_warn("redis_connect_timeout", "Redis %s connection to %s: no answer within %d ms", rc->name,
+           rc->b->where, CONNECT_TIMEOUT_MS);
   redisAsyncContext *ac = rc->ac;
   rc->ac = NULL;
   redisAsyncFree(ac); /* not connected: no callback comes back */
   retry_later(rc);
 }
 
-static struct rconn *other(struct rconn *rc) { return rc == &rc->b->cmd ? &rc->b->sub : &rc->b->cmd; }
+static struct rconn *other(struct rconn *rc) {
+  return rc == &rc->b->cmd ? &rc->b->sub : &rc->b->cmd;
+}
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct rconn *rc = ac->data;
   if (status != REDIS_OK) {
     uv_timer_stop(&rc->retry);
     if (rc->attempts < 2 || rc->attempts % 10 == 0)
-      log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name, rc->b->where, ac->errstr);
+      log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name,
+               rc->b->where, ac->errstr);
     rc->ac = NULL; /* hiredis frees it after this callback */
     retry_later(rc);
     return;
@@ -293,11 +298,12 @@ static void on_ping(redisAsyncContext *ac, void *r, void *priv) {
   if (!reply || rc->b->closing) return; /* gone: on_disconnect retries */
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "LOADING", 7) == 0)
-      log_info("redis_loading", "Redis %s connection to %s: Redis is loading its data; trying again", rc->name,
+      log_info("redis_loading",
+               "Redis %s connection to %s: Redis is loading its data; trying again", rc->name,
                rc->b->where);
     else
-      log_warn("redis_connect_failed", "Redis %s connection to %s: PING answered %s", rc->name, rc->b->where,
-               reply->str);
+      log_warn("redis_connect_failed", "Redis %s connection to %s: PING answered %s", rc->name,
+               rc->b->where, reply->str);
     redisAsyncDisconnect(ac);
     return;
   }
@@ -344,7 +350,8 @@ static int handshake(struct rconn *rc, redisAsyncContext *ac) {
     else ok = redisAsyncCommand(ac, on_auth, rc, "AUTH %s", a->password);
   }
   /* SELECT would not change what a subscriber hears: Pub/Sub ignores databases */
-  if (ok == REDIS_OK && rc == &rc->b->cmd && a->db) ok = redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
+  if (ok == REDIS_OK && rc == &rc->b->cmd && a->db)
+    ok = redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
   if (ok == REDIS_OK && rc == &rc->b->cmd && history_load(rc->b, ac) < 0) ok = REDIS_ERR;
   /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
    * from the first write event, which only a queued command asks for */
@@ -370,8 +377,8 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   if (handshake(rc, ac) < 0) {
-    log_warn("redis_connect_failed", "Redis %s connection to %s: cannot queue the handshake", rc->name,
-             rc->b->where);
+    log_warn("redis_connect_failed", "Redis %s connection to %s: cannot queue the handshake",
+             rc->name, rc->b->where);
     rc->ac = NULL;
     redisAsyncFree(ac); /* not connected yet: no callback comes back */
     retry_later(rc);

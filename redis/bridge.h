@@ -41,10 +41,10 @@ struct bus {
   struct unsub *unsubs;
   int closing;
   /* history (history.c) */
-  char *lib;         /* the function library's text, or NULL without history */
-  int lib_loaded;    /* FUNCTION LOAD succeeded on this command connection */
-  uint64_t sub_sent; /* channels sent in SUBSCRIBE since the subscriber connected */
-  uint64_t sub_confirmed;         /* their confirmations received */
+  char *lib;              /* the function library's text, or NULL without history */
+  int lib_loaded;         /* FUNCTION LOAD succeeded on this command connection */
+  uint64_t sub_sent;      /* channels sent in SUBSCRIBE since the subscriber connected */
+  uint64_t sub_confirmed; /* their confirmations received */
   struct read_wait *waits, **waits_tail; /* history reads waiting for them */
 };
 
@@ -74,8 +74,8 @@ int history_resync_after(struct bus *b);
 
 /* Queues the publish of a message with history (tidings_publish).  Returns
  * BUS_OK or a negative enum bus_err (no callback then). */
-int history_publish(struct bus *b, const char *channel, size_t clen, const char *payload, size_t plen,
-                    void *req);
+int history_publish(struct bus *b, const char *channel, size_t clen, const char *payload,
+                    size_t plen, void *req);
 
 /* Splits a message of the channel into its place in history and payload.
  * Returns 1 for the envelope of tidings_publish ("\0tdg1:<offset>:<epoch>:"

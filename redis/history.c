@@ -98,8 +98,8 @@ static void on_loaded(redisAsyncContext *ac, void *r, void *priv) {
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "LOADING", 7) == 0) return; /* the PING after it drops the connection */
     log_error("redis_history_unavailable",
-              "Redis at %s refused the history functions (FUNCTION LOAD needs Redis 7): %s", b->where,
-              reply->str);
+              "Redis at %s refused the history functions (FUNCTION LOAD needs Redis 7): %s",
+              b->where, reply->str);
     return;
   }
   b->lib_loaded = 1;
@@ -142,7 +142,8 @@ int history_parse_envelope(const char *msg, size_t len, struct bus_pos *pos, con
 
 /* An epoch as Redis returned it: the charset and length of the envelope's. */
 static int copy_epoch(char out[BUS_EPOCH_MAX + 1], const redisReply *e, int allow_empty) {
-  if (e->type != REDIS_REPLY_STRING || e->len > BUS_EPOCH_MAX || (!allow_empty && e->len == 0)) return -1;
+  if (e->type != REDIS_REPLY_STRING || e->len > BUS_EPOCH_MAX || (!allow_empty && e->len == 0))
+    return -1;
   for (size_t i = 0; i < e->len; i++)
     if (!epoch_char(e->str[i])) return -1;
   memcpy(out, e->str, e->len);
@@ -165,12 +166,13 @@ static void on_hpublished(redisAsyncContext *ac, void *r, void *priv) {
   } else if (reply && reply->type == REDIS_REPLY_ERROR) {
     log_warn("redis_history_publish_failed", "tidings_publish failed: %s", reply->str);
   }
-  p->b->env.host.published(p->b->env.host.arg, p->req, ok ? BUS_OK : BUS_EUNAVAILABLE, ok ? &pos : NULL);
+  p->b->env.host.published(p->b->env.host.arg, p->req, ok ? BUS_OK : BUS_EUNAVAILABLE,
+                           ok ? &pos : NULL);
   free(p);
 }
 
-int history_publish(struct bus *b, const char *channel, size_t clen, const char *payload, size_t plen,
-                    void *req) {
+int history_publish(struct bus *b, const char *channel, size_t clen, const char *payload,
+                    size_t plen, void *req) {
   if (!b->lib_loaded) return BUS_EUNAVAILABLE;
   struct hpub *p = malloc(sizeof(*p));
   if (!p) return BUS_ENOMEM;
@@ -191,12 +193,14 @@ int history_publish(struct bus *b, const char *channel, size_t clen, const char 
 /* ---- reading history ---- */
 
 /* Builds the answer from [epoch, top, first, offset, payload, ...]. */
-static int parse_history(const redisReply *reply, char epoch[BUS_EPOCH_MAX + 1], struct bus_history *h,
-                         struct bus_msg **msgs) {
-  if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 || (reply->elements - 3) % 2) return -1;
+static int parse_history(const redisReply *reply, char epoch[BUS_EPOCH_MAX + 1],
+                         struct bus_history *h, struct bus_msg **msgs) {
+  if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+      (reply->elements - 3) % 2)
+    return -1;
   const redisReply *top = reply->element[1], *first = reply->element[2];
-  if (copy_epoch(epoch, reply->element[0], 1) < 0 || top->type != REDIS_REPLY_INTEGER || top->integer < 0 ||
-      first->type != REDIS_REPLY_INTEGER || first->integer < 0)
+  if (copy_epoch(epoch, reply->element[0], 1) < 0 || top->type != REDIS_REPLY_INTEGER ||
+      top->integer < 0 || first->type != REDIS_REPLY_INTEGER || first->integer < 0)
     return -1;
   h->epoch = epoch;
   h->top = (uint64_t)top->integer;
@@ -262,7 +266,8 @@ static int enqueue(struct bus *b, struct hread *r) {
   return 0;
 }
 
-int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit, void *req) {
+int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit,
+                void *req) {
   if (!b->lib || !b->cmd.connected || !b->lib_loaded) return BUS_EUNAVAILABLE;
   struct hread *r = malloc(sizeof(*r));
   if (!r) return BUS_ENOMEM;

@@ -79,10 +79,8 @@ static int render(struct sink *s, const char *prefix, unsigned maxlen, unsigned 
       continue;
     }
     put(s, lit, (size_t)(t - lit));
-    if (ph == PH_PREFIX)
-      put_prefix(s, prefix);
-    else
-      put_uint(s, ph == PH_MAXLEN ? maxlen : ttl);
+    if (ph == PH_PREFIX) put_prefix(s, prefix);
+    else put_uint(s, ph == PH_MAXLEN ? maxlen : ttl);
     seen[ph]++;
     t += strlen(placeholders[ph]);
     lit = t;

@@ -54,15 +54,12 @@ static const char *check_pem(enum auth_alg alg, const unsigned char *key, size_t
   if (!pk) {
     why = "key is not a PEM public key (-----BEGIN PUBLIC KEY-----)";
   } else if (alg == AUTH_RS256) {
-    if (EVP_PKEY_base_id(pk) != EVP_PKEY_RSA)
-      why = "RS256 needs an RSA public key";
-    else if (EVP_PKEY_bits(pk) < 2048)
-      why = "RS256 key is shorter than 2048 bits";
+    if (EVP_PKEY_base_id(pk) != EVP_PKEY_RSA) why = "RS256 needs an RSA public key";
+    else if (EVP_PKEY_bits(pk) < 2048) why = "RS256 key is shorter than 2048 bits";
   } else {
     char group[64];
     size_t glen = 0;
-    if (EVP_PKEY_base_id(pk) != EVP_PKEY_EC)
-      why = "ES256 needs an EC public key";
+    if (EVP_PKEY_base_id(pk) != EVP_PKEY_EC) why = "ES256 needs an EC public key";
     else if (!EVP_PKEY_get_group_name(pk, group, sizeof(group), &glen) ||
              strcmp(group, "prime256v1") != 0)
       why = "ES256 needs a P-256 (prime256v1) key";
@@ -78,18 +75,10 @@ int auth_new(struct auth **out, enum auth_alg alg, const unsigned char *key, siz
   jwt_alg_t jalg;
   const char *name;
   switch (alg) {
-    case AUTH_HS256:
-      jalg = JWT_ALG_HS256, name = "HS256";
-      break;
-    case AUTH_RS256:
-      jalg = JWT_ALG_RS256, name = "RS256";
-      break;
-    case AUTH_ES256:
-      jalg = JWT_ALG_ES256, name = "ES256";
-      break;
-    default:
-      set_err(err, errlen, "no JWT algorithm configured");
-      return -1;
+    case AUTH_HS256: jalg = JWT_ALG_HS256, name = "HS256"; break;
+    case AUTH_RS256: jalg = JWT_ALG_RS256, name = "RS256"; break;
+    case AUTH_ES256: jalg = JWT_ALG_ES256, name = "ES256"; break;
+    default: set_err(err, errlen, "no JWT algorithm configured"); return -1;
   }
   if (!key || keylen == 0) {
     set_err(err, errlen, alg == AUTH_HS256 ? "HS256 secret is empty" : "public key is empty");
@@ -136,24 +125,15 @@ void auth_free(struct auth *a) {
 
 const char *auth_strerror(int rc) {
   switch (rc) {
-    case AUTH_OK:
-      return "ok";
-    case AUTH_EMISSING:
-      return "no token";
-    case AUTH_EMALFORMED:
-      return "malformed token";
-    case AUTH_EALG:
-      return "token algorithm not accepted";
-    case AUTH_ESIGNATURE:
-      return "bad token signature";
-    case AUTH_EEXPIRED:
-      return "token expired";
-    case AUTH_ENOTYET:
-      return "token not yet valid";
-    case AUTH_ENOMEM:
-      return "out of memory";
-    default:
-      return "unknown error";
+    case AUTH_OK: return "ok";
+    case AUTH_EMISSING: return "no token";
+    case AUTH_EMALFORMED: return "malformed token";
+    case AUTH_EALG: return "token algorithm not accepted";
+    case AUTH_ESIGNATURE: return "bad token signature";
+    case AUTH_EEXPIRED: return "token expired";
+    case AUTH_ENOTYET: return "token not yet valid";
+    case AUTH_ENOMEM: return "out of memory";
+    default: return "unknown error";
   }
 }
 

@@ -59,12 +59,14 @@ static int is_valid_json(const char *p, size_t n) {
  * message has no place in a history, and the frame no "offset".  The first
  * message of an epoch also names its epoch, so that a client that
  * subscribed before the topic had any learns it. */
-static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payload,
-                                size_t plen, const struct bus_pos *pos) {
+static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payload, size_t plen,
+                                const struct bus_pos *pos) {
   char off[POS_MEMBERS_MAX] = "";
   int ol = 0;
-  if (pos && pos->offset == 1) ol = snprintf(off, sizeof(off), ",\"offset\":1,\"epoch\":\"%s\"", pos->epoch);
-  else if (pos) ol = snprintf(off, sizeof(off), ",\"offset\":%llu", (unsigned long long)pos->offset);
+  if (pos && pos->offset == 1)
+    ol = snprintf(off, sizeof(off), ",\"offset\":1,\"epoch\":\"%s\"", pos->epoch);
+  else if (pos)
+    ol = snprintf(off, sizeof(off), ",\"offset\":%llu", (unsigned long long)pos->offset);
   size_t jlen = sizeof(pre) - 1 + tlen + sizeof(mid) - 1 + plen + (size_t)ol + 1;
   struct sbuf *b = sbuf_new(FRAME_HEADER_MAX + jlen);
   if (!b) return NULL;
@@ -87,8 +89,8 @@ static struct sbuf *build_frame(const char *topic, size_t tlen, const char *payl
 
 /* The frame of a notification whose payload may not be JSON (checked, and
  * sent as a JSON string if not). */
-static struct sbuf *notification_frame(const char *topic, size_t tlen, const char *payload, size_t plen,
-                                       int is_json, const struct bus_pos *pos) {
+static struct sbuf *notification_frame(const char *topic, size_t tlen, const char *payload,
+                                       size_t plen, int is_json, const struct bus_pos *pos) {
   char *enc = NULL;
   if (!is_json && !is_valid_json(payload, plen)) {
     enc = as_json_string(payload, plen);
@@ -101,7 +103,9 @@ static struct sbuf *notification_frame(const char *topic, size_t tlen, const cha
   return b;
 }
 
-static size_t header_len(const struct sbuf *b) { return b->data[1] < 126 ? 2 : b->data[1] == 126 ? 4 : 10; }
+static size_t header_len(const struct sbuf *b) {
+  return b->data[1] < 126 ? 2 : b->data[1] == 126 ? 4 : 10;
+}
 
 char *broadcast_payload_json(const char *payload, size_t plen, size_t *len) {
   if (!is_valid_json(payload, plen)) {
@@ -132,8 +136,9 @@ char *broadcast_notification(const char *topic, size_t tlen, const char *payload
   return out;
 }
 
-struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen, const char *payload,
-                                 size_t plen, int is_json, const struct bus_pos *pos) {
+struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen,
+                                 const char *payload, size_t plen, int is_json,
+                                 const struct bus_pos *pos) {
   struct worker *w = c->w;
   struct sbuf *plain = notification_frame(topic, tlen, payload, plen, is_json, pos);
   if (!plain) return NULL;

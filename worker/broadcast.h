@@ -21,17 +21,18 @@ struct bus_pos;
 
 /* Delivers to every subscriber of t; pos (NULL: none) is the message's
  * place in the topic's history and goes into the notification as
- * "offset":N (and "epoch":E for offset 1).  A subscription waiting for its history (ext set) keeps the
- * frame for later (recovery_hold).  Returns the number of subscribers the
- * message was queued to. */
+ * "offset":N (and "epoch":E for offset 1).  A subscription waiting for its history (ext set) keeps
+ * the frame for later (recovery_hold).  Returns the number of subscribers the message was queued
+ * to. */
 size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t plen, int is_json,
                  const struct bus_pos *pos);
 
 /* The notification frame for one connection (compressed if it negotiated
  * permessage-deflate and the message is over the threshold), refcount 1,
  * or NULL.  For messages only c gets: a resumed subscription's history. */
-struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen, const char *payload,
-                                 size_t plen, int is_json, const struct bus_pos *pos);
+struct sbuf *broadcast_frame_for(struct conn *c, const char *topic, size_t tlen,
+                                 const char *payload, size_t plen, int is_json,
+                                 const struct bus_pos *pos);
 
 /* payload as a JSON value: a copy when it is JSON, else a JSON string (as
  * in notifications).  Returns a malloc'ed string and its length, or NULL. */

@@ -87,8 +87,8 @@ void conn_read_pause(struct conn *c, int pause) {
   int rc = pause ? uv_read_stop((uv_stream_t *)&c->tcp)
                  : uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
   if (rc != 0) {
-    log_warn("read_failed", "conn %llu %s: cannot %s reading: %s", (unsigned long long)c->id, c->peer,
-             pause ? "stop" : "resume", uv_strerror(rc));
+    log_warn("read_failed", "conn %llu %s: cannot %s reading: %s", (unsigned long long)c->id,
+             c->peer, pause ? "stop" : "resume", uv_strerror(rc));
     conn_close(c);
     return;
   }
@@ -135,9 +135,11 @@ void conn_accept(struct worker *w) {
   }
   /* latency over segment count: frames are whole when written */
   if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0)
-    log_debug("nodelay_failed", "conn %llu: TCP_NODELAY: %s", (unsigned long long)c->id, uv_strerror(rc));
+    log_debug("nodelay_failed", "conn %llu: TCP_NODELAY: %s", (unsigned long long)c->id,
+              uv_strerror(rc));
   int sl = sizeof(c->addr);
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &sl) != 0) c->addr.ss_family = AF_UNSPEC;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &sl) != 0)
+    c->addr.ss_family = AF_UNSPEC;
   conn_describe_peer(c);
   c->need_proxy = w->cfg->proxy_protocol;
   c->state = CONN_HTTP;
@@ -264,8 +266,8 @@ static void conn_flush(struct conn *c) {
       for (int i = 0; i < n; i++) c->inflight_bytes += iov[i].iov_len;
       c->wreq = malloc(sizeof(*c->wreq));
       if (c->wreq) c->wreq->data = c;
-      if (!c->wreq || uv_write(c->wreq, (uv_stream_t *)&c->tcp, (const uv_buf_t *)iov,
-                               (unsigned)n, on_write) != 0) {
+      if (!c->wreq || uv_write(c->wreq, (uv_stream_t *)&c->tcp, (const uv_buf_t *)iov, (unsigned)n,
+                               on_write) != 0) {
         free(c->wreq);
         c->wreq = NULL;
         c->inflight = 0;
@@ -315,12 +317,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   size_t n = (size_t)nread;
   metric_add(c->w->m, M_BYTES_IN, n);
   switch (c->state) {
-    case CONN_HTTP:
-      handshake_input(c, buf->base, n);
-      return;
-    case CONN_WS:
-      ws_feed(c, (const uint8_t *)buf->base, n);
-      return;
+    case CONN_HTTP: handshake_input(c, buf->base, n); return;
+    case CONN_WS: ws_feed(c, (const uint8_t *)buf->base, n); return;
     case CONN_DRAINING:
       if (c->upgraded) {
         ws_feed(c, (const uint8_t *)buf->base, n);
@@ -328,7 +326,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
           conn_close(c);
       }
       return;
-    case CONN_CLOSED:
-      return;
+    case CONN_CLOSED: return;
   }
 }

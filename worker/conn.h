@@ -33,7 +33,7 @@ enum conn_kind { CONN_PUBSUB, CONN_ECHO };
 struct conn {
   struct worker *w;
   uv_tcp_t tcp;
-  uv_write_t *wreq;    /* only while a write is in flight */
+  uv_write_t *wreq; /* only while a write is in flight */
   enum conn_state state;
   enum conn_kind kind;
   uint64_t id;
@@ -42,16 +42,16 @@ struct conn {
   struct conn *dirty_next;
   uint64_t deadline; /* loop ms; 0 = none */
   unsigned dirty : 1;
-  unsigned writing : 1;        /* a uv_write is in flight */
-  unsigned shut_wr : 1;        /* uv_shutdown issued */
+  unsigned writing : 1; /* a uv_write is in flight */
+  unsigned shut_wr : 1; /* uv_shutdown issued */
   unsigned awaiting_pong : 1;
   unsigned read_paused : 1;
-  unsigned close_queued : 1;   /* we queued a close frame */
-  unsigned need_proxy : 1;     /* --proxy-protocol: header not yet seen */
-  unsigned pmd : 1;            /* permessage-deflate negotiated */
-  unsigned upgraded : 1;       /* the 101 was sent: a WebSocket session */
-  unsigned ip_counted : 1;     /* counted in shared memory under ip_bucket */
-  unsigned rate_started : 1;   /* the token bucket has been filled */
+  unsigned close_queued : 1; /* we queued a close frame */
+  unsigned need_proxy : 1;   /* --proxy-protocol: header not yet seen */
+  unsigned pmd : 1;          /* permessage-deflate negotiated */
+  unsigned upgraded : 1;     /* the 101 was sent: a WebSocket session */
+  unsigned ip_counted : 1;   /* counted in shared memory under ip_bucket */
+  unsigned rate_started : 1; /* the token bucket has been filled */
   uint32_t ip_bucket;
   uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
   double rate_tokens;          /* token bucket of --rate-limit */
@@ -60,15 +60,15 @@ struct conn {
   unsigned pmd_bits : 4;       /* the window we may compress with */
   uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
   size_t inflight_bytes;
-  int refs;                    /* async operations still pointing here */
-  uint64_t over_since;         /* loop ms when the queue went over the cap; 0 = under */
-  uint32_t missed;             /* notifications dropped since the last one delivered */
+  int refs;            /* async operations still pointing here */
+  uint64_t over_since; /* loop ms when the queue went over the cap; 0 = under */
+  uint32_t missed;     /* notifications dropped since the last one delivered */
   /* HTTP phase */
   char *hbuf;
   size_t hlen;
   /* WebSocket phase */
   wslay_event_context_ptr ws;
-  struct frame_input in; /* during ws_feed(): what wslay still has to read */
+  struct frame_input in;    /* during ws_feed(): what wslay still has to read */
   struct auth_grant *grant; /* what the client's token allows, or NULL */
   const char *proto_echo;   /* during the handshake: the subprotocol to echo */
   uint8_t proto_echo_len;

@@ -103,13 +103,17 @@ static int authenticate(struct conn *c, const struct http_request *req, const ch
   const char *tok = NULL;
   size_t toklen = 0;
   int rc = AUTH_EMISSING;
-  if (req->authorization.p) rc = auth_token_from_bearer(req->authorization.p, req->authorization.n, &tok, &toklen);
-  if (rc == AUTH_EMISSING && req->query.n) rc = auth_token_from_query(req->query.p, req->query.n, &tok, &toklen);
+  if (req->authorization.p)
+    rc = auth_token_from_bearer(req->authorization.p, req->authorization.n, &tok, &toklen);
+  if (rc == AUTH_EMISSING && req->query.n)
+    rc = auth_token_from_query(req->query.p, req->query.n, &tok, &toklen);
   if (rc == AUTH_EMISSING && req->ws_protocol.p)
-    rc = auth_token_from_protocol(req->ws_protocol.p, req->ws_protocol.n, &tok, &toklen, echo, echolen);
+    rc = auth_token_from_protocol(req->ws_protocol.p, req->ws_protocol.n, &tok, &toklen, echo,
+                                  echolen);
   if (rc == AUTH_OK) rc = auth_verify(c->w->auth, tok, toklen, (long long)time(NULL), &c->grant);
   if (rc != AUTH_OK) {
-    log_debug("auth_refused", "conn %llu %s: JWT refused: %s", (unsigned long long)c->id, c->peer, auth_strerror(rc));
+    log_debug("auth_refused", "conn %llu %s: JWT refused: %s", (unsigned long long)c->id, c->peer,
+              auth_strerror(rc));
     char body[128];
     snprintf(body, sizeof(body), "Unauthorized: %s\n", auth_strerror(rc));
     reject(c, REJECT_AUTH, 401, "WWW-Authenticate: Bearer\r\n", body);
@@ -135,14 +139,16 @@ static int handle_request(struct conn *c, const struct http_request *req) {
       char body[128];
       snprintf(body, sizeof(body), "Bad WebSocket handshake: %s\n", why);
       reject(c, REJECT_BAD_REQUEST, status,
-             status == 426 ? "Sec-WebSocket-Version: 13\r\n"
-                           : status == 405 ? "Allow: GET\r\n" : NULL,
+             status == 426   ? "Sec-WebSocket-Version: 13\r\n"
+             : status == 405 ? "Allow: GET\r\n"
+                             : NULL,
              body);
       return 0;
     }
     if (req->origin.p ? !origin_allowed(cfg->allowed_origins, req->origin.p, req->origin.n)
                       : cfg->require_origin) {
-      reject(c, REJECT_ORIGIN, 403, NULL, req->origin.p ? "Origin not allowed\n" : "Origin required\n");
+      reject(c, REJECT_ORIGIN, 403, NULL,
+             req->origin.p ? "Origin not allowed\n" : "Origin required\n");
       return 0;
     }
     if (cfg->max_connections && c->w->open.count >= (size_t)cfg->max_connections) {
@@ -152,7 +158,8 @@ static int handle_request(struct conn *c, const struct http_request *req) {
     uint32_t bucket = shm_ip_bucket(&c->addr);
     if (cfg->max_connections_per_ip &&
         shm_ip_total(c->w->shm, bucket) >= (unsigned)cfg->max_connections_per_ip) {
-      reject(c, REJECT_PER_IP, 429, "Retry-After: 5\r\n", "Too many connections from this address\n");
+      reject(c, REJECT_PER_IP, 429, "Retry-After: 5\r\n",
+             "Too many connections from this address\n");
       return 0;
     }
     const char *proto_echo = NULL;
@@ -233,8 +240,8 @@ void handshake_input(struct conn *c, const char *data, size_t len) {
       return;
     }
     if (pr < 0) {
-      log_debug("proxy_refused", "conn %llu %s: no valid PROXY v2 header, refused", (unsigned long long)c->id,
-                c->peer);
+      log_debug("proxy_refused", "conn %llu %s: no valid PROXY v2 header, refused",
+                (unsigned long long)c->id, c->peer);
       metric_add(c->w->m, M_REJECT_FIRST + REJECT_PROXY, 1);
       conn_close(c);
       return;
@@ -255,9 +262,11 @@ void handshake_input(struct conn *c, const char *data, size_t len) {
   }
   struct http_request req;
   /* the head must end within the first 8 KiB */
-  int r = http_parse_request(buf, blen < HTTP_MAX_HEADER_BYTES ? blen : HTTP_MAX_HEADER_BYTES, &req);
+  int r =
+      http_parse_request(buf, blen < HTTP_MAX_HEADER_BYTES ? blen : HTTP_MAX_HEADER_BYTES, &req);
   if (r == HTTP_INCOMPLETE) {
-    if (blen >= HTTP_MAX_HEADER_BYTES) reject(c, REJECT_TOO_LARGE, 431, NULL, "Request header too large\n");
+    if (blen >= HTTP_MAX_HEADER_BYTES)
+      reject(c, REJECT_TOO_LARGE, 431, NULL, "Request header too large\n");
     else stash(c, buf, blen);
     return;
   }
@@ -277,4 +286,3 @@ void handshake_input(struct conn *c, const char *data, size_t len) {
   }
   free(hb);
 }
-

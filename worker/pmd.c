@@ -143,8 +143,7 @@ struct sbuf *pmd_frame(struct pmd *z, int bits, int opcode, const uint8_t *paylo
   return b;
 }
 
-int pmd_inflate(struct pmd *z, const uint8_t *in, size_t len, const uint8_t **out,
-                size_t *outlen) {
+int pmd_inflate(struct pmd *z, const uint8_t *in, size_t len, const uint8_t **out, size_t *outlen) {
   if (!z->inf_ready) {
     if (inflateInit2(&z->inf, -PMD_MAX_BITS) != Z_OK) return PMD_ENOMEM;
     z->inf_ready = 1;

@@ -31,8 +31,7 @@ struct pmd_params {
 /* Picks the first acceptable offer of a Sec-WebSocket-Extensions value.
  * Returns 1 and fills *p and resp (the response header's value), or 0 when
  * no offer is acceptable (answer without the extension). */
-int pmd_negotiate(const char *offers, size_t len, struct pmd_params *p, char *resp,
-                  size_t resplen);
+int pmd_negotiate(const char *offers, size_t len, struct pmd_params *p, char *resp, size_t resplen);
 
 struct pmd {
   z_stream def[PMD_MAX_BITS + 1]; /* by window bits, made on first use */
@@ -54,7 +53,6 @@ enum { PMD_OK = 0, PMD_ETOOBIG = -1, PMD_ECORRUPT = -2, PMD_ENOMEM = -3 };
 /* Decompresses one message; at most z->max_message bytes come out, so a
  * deflate bomb stops at the limit.  Returns PMD_OK with *out and *outlen
  * pointing into z->out, or a negative PMD_E*. */
-int pmd_inflate(struct pmd *z, const uint8_t *in, size_t len, const uint8_t **out,
-                size_t *outlen);
+int pmd_inflate(struct pmd *z, const uint8_t *in, size_t len, const uint8_t **out, size_t *outlen);
 
 #endif

@@ -166,14 +166,16 @@ static int valid_epoch(const char *e, size_t n) {
   if (n > PROTO_EPOCH_MAX) return 0;
   for (size_t i = 0; i < n; i++) {
     char c = e[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-')) return 0;
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'))
+      return 0;
   }
   return 1;
 }
 
 /* A non-negative JSON integer member, or dflt when absent.  Returns 0 or
  * PROTO_EFORMAT. */
-static int get_count(json_t *obj, const char *key, unsigned long long dflt, unsigned long long *out) {
+static int get_count(json_t *obj, const char *key, unsigned long long dflt,
+                     unsigned long long *out) {
   json_t *v = json_object_get(obj, key);
   if (!v) {
     *out = dflt;
@@ -190,8 +192,8 @@ static int get_since(json_t *root, struct proto_since *since, int *has) {
   *has = s != NULL;
   if (!s) return PROTO_OK;
   json_t *o = json_object_get(s, "offset"), *e = json_object_get(s, "epoch");
-  if (!json_is_object(s) || !json_is_integer(o) || json_integer_value(o) < 0 || !json_is_string(e) ||
-      !valid_epoch(json_string_value(e), json_string_length(e)))
+  if (!json_is_object(s) || !json_is_integer(o) || json_integer_value(o) < 0 ||
+      !json_is_string(e) || !valid_epoch(json_string_value(e), json_string_length(e)))
     return PROTO_EFORMAT;
   since->offset = (unsigned long long)json_integer_value(o);
   memcpy(since->epoch, json_string_value(e), json_string_length(e) + 1);

@@ -85,7 +85,6 @@ const char *proto_err_text(int err);
 /* Finds the raw text of the value of top-level member key in a JSON object
  * that is already known to be valid.  Returns 0 and sets *start and *vlen,
  * or -1 when not found or the key is written with escapes. */
-int proto_find_member(const char *json, size_t len, const char *key, size_t *start,
-                      size_t *vlen);
+int proto_find_member(const char *json, size_t len, const char *key, size_t *start, size_t *vlen);
 
 #endif

@@ -30,7 +30,9 @@ static void on_deliver(void *arg, const char *topic, size_t tlen, const char *pa
   recovery_deliver(w, topic, tlen, payload, plen, is_json, pos);
 }
 
-static int proto_err_of(int bus_err) { return bus_err == BUS_ENOMEM ? PROTO_EINTERNAL : PROTO_EBUS; }
+static int proto_err_of(int bus_err) {
+  return bus_err == BUS_ENOMEM ? PROTO_EINTERNAL : PROTO_EBUS;
+}
 
 static void on_published(void *arg, void *req, int err, const struct bus_pos *pos) {
   struct worker *w = arg;
@@ -40,9 +42,9 @@ static void on_published(void *arg, void *req, int err, const struct bus_pos *po
     char extra[OFFSET_EXTRA_MAX];
     if (pos) snprintf(extra, sizeof(extra), "\"offset\":%llu", (unsigned long long)pos->offset);
     if (err == 0)
-      proto_reply_status_ext(&ws_proto_ops, c, "published", p->topic, p->tlen, pos ? extra : NULL, p->id_json);
-    else
-      proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
+      proto_reply_status_ext(&ws_proto_ops, c, "published", p->topic, p->tlen, pos ? extra : NULL,
+                             p->id_json);
+    else proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
   }
   metric_add(w->m, err == 0 ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
   conn_unref(c);
@@ -76,7 +78,8 @@ static void on_resynced(void *arg) { recovery_resynced(arg); }
 static void on_topic_first(void *arg, struct topic *t) {
   struct worker *w = arg;
   if (recovery_topic_start(w, t) < 0)
-    log_warn("history_unavailable", "topic %s: out of memory: delivered without offset tracking", t->name);
+    log_warn("history_unavailable", "topic %s: out of memory: delivered without offset tracking",
+             t->name);
   bus_topic_first(w->bus, t->name, t->len);
 }
 

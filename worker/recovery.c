@@ -16,7 +16,8 @@
 #include "worker.h"
 #include "ws.h"
 
-_Static_assert(PROTO_EPOCH_MAX == BUS_EPOCH_MAX, "epochs of the protocol and of the bus have one size");
+_Static_assert(PROTO_EPOCH_MAX == BUS_EPOCH_MAX,
+               "epochs of the protocol and of the bus have one size");
 
 /* Live messages a topic keeps while it catches up; past this the catch-up
  * gives up waiting and delivers them (the gap stays, visible in offsets). */
@@ -68,9 +69,9 @@ struct catchup {
 /* A subscribe waiting for the topic's history (s->ext while it waits). */
 struct resume {
   struct read_req base;
-  struct conn *c;  /* holds a reference */
-  struct sub *s;   /* NULL once the subscription is gone */
-  int existing;    /* a subscribe to a topic already subscribed: reply only */
+  struct conn *c; /* holds a reference */
+  struct sub *s;  /* NULL once the subscription is gone */
+  int existing;   /* a subscribe to a topic already subscribed: reply only */
   size_t tlen;
   char topic[TOPIC_MAX_LEN + 1];
   int has_since;
@@ -146,15 +147,16 @@ static void deliver_now(struct topic_hist *th, const char *payload, size_t plen,
     /* a new epoch (or the first message seen here): what came before is
      * not comparable; history of the old epoch is gone */
     if (th->epoch[0])
-      log_info("history_epoch_changed", "topic %s: history epoch %s -> %s", th->t->name, th->epoch, pos->epoch);
+      log_info("history_epoch_changed", "topic %s: history epoch %s -> %s", th->t->name, th->epoch,
+               pos->epoch);
     memcpy(th->epoch, pos->epoch, sizeof(th->epoch));
     forget_seen(th->t);
   } else if (pos->offset <= th->last) {
     metric_add(th->w->m, M_HISTORY_DUPLICATES, 1);
     return;
   } else if (pos->offset > th->last + 1) {
-    log_warn("history_gap", "topic %s: offsets %llu..%llu could not be read from history", th->t->name,
-             (unsigned long long)th->last + 1, (unsigned long long)pos->offset - 1);
+    log_warn("history_gap", "topic %s: offsets %llu..%llu could not be read from history",
+             th->t->name, (unsigned long long)th->last + 1, (unsigned long long)pos->offset - 1);
   }
   th->last = pos->offset;
   broadcast(th->w, th->t, payload, plen, is_json, pos);
@@ -216,7 +218,8 @@ static void start_catchup(struct topic_hist *th, uint64_t upto) {
   r->base.kind = READ_CATCHUP;
   r->th = th;
   uint64_t missing = upto - th->last - 1;
-  size_t limit = missing < (uint64_t)th->w->cfg->history_size ? (size_t)missing : (size_t)th->w->cfg->history_size;
+  size_t limit = missing < (uint64_t)th->w->cfg->history_size ? (size_t)missing
+                                                              : (size_t)th->w->cfg->history_size;
   if (bus_history(th->w->bus, th->t->name, th->t->len, th->last, limit, r) != BUS_OK) {
     free(r);
     stall(th);
@@ -255,8 +258,8 @@ static void on_catchup(struct catchup *r, int err, const struct bus_history *h) 
   release_held(th);
 }
 
-void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const char *payload, size_t plen,
-                      int is_json, const struct bus_pos *pos) {
+void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const char *payload,
+                      size_t plen, int is_json, const struct bus_pos *pos) {
   struct topic *t = topics_find(&w->topics, topic, tlen);
   if (!t) return;
   struct topic_hist *th = t->ext;
@@ -306,7 +309,8 @@ static void retry_one(void *arg, const struct topic *t) {
   if (!th || !th->stalled) return;
   th->stalled = 0;
   th->w->history_stalled--;
-  uint64_t upto = th->held ? th->held->pos.offset : th->last + (uint64_t)th->w->cfg->history_size + 1;
+  uint64_t upto =
+      th->held ? th->held->pos.offset : th->last + (uint64_t)th->w->cfg->history_size + 1;
   start_catchup(th, upto);
   if (!th->stalled) release_held(th);
 }
@@ -353,8 +357,8 @@ void recovery_sub_gone(struct sub *s) {
   drop_frames(r);
 }
 
-int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json,
-                       int existing) {
+int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since,
+                       const char *id_json, int existing) {
   if (existing && s->ext) return PROTO_OK; /* its first answer is still coming */
   struct resume *r = calloc(1, sizeof(*r));
   if (!r) return PROTO_EINTERNAL;
@@ -376,7 +380,8 @@ int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *
   /* a plain subscribe only needs the epoch and the newest offset; a live
    * subscription has had (or is being sent) everything since: no replay */
   size_t limit = since && !existing ? (size_t)c->w->cfg->history_size : 0;
-  int rc = bus_history(c->w->bus, s->topic->name, s->topic->len, since ? since->offset : 0, limit, r);
+  int rc =
+      bus_history(c->w->bus, s->topic->name, s->topic->len, since ? since->offset : 0, limit, r);
   if (rc != BUS_OK) {
     free(r->id_json);
     free(r);
@@ -403,8 +408,10 @@ static int describe(const struct resume *r, const struct bus_history *h, char ex
                 (r->existing || sn->offset == h->top || (h->first && h->first <= sn->offset + 1));
   }
   snprintf(extra, EXTRA_MAX, "%s\"epoch\":\"%s\",\"offset\":%llu",
-           !r->has_since ? "" : recovered ? "\"recovered\":true," : "\"recovered\":false,", h->epoch,
-           (unsigned long long)h->top);
+           !r->has_since ? ""
+           : recovered   ? "\"recovered\":true,"
+                         : "\"recovered\":false,",
+           h->epoch, (unsigned long long)h->top);
   return recovered;
 }
 
@@ -413,7 +420,8 @@ static void on_existing_read(struct resume *r, int err, const struct bus_history
   struct conn *c = r->c;
   if (ws_can_send(c)) {
     char extra[EXTRA_MAX];
-    if (err != BUS_OK) proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
+    if (err != BUS_OK)
+      proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
     else {
       describe(r, h, extra);
       proto_reply_status_ext(&ws_proto_ops, c, "subscribed", r->topic, r->tlen, extra, r->id_json);
@@ -483,8 +491,8 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
 
 /* ---- history requests ---- */
 
-int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
-                   const char *id_json) {
+int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long long since,
+                   unsigned limit, const char *id_json) {
   if (!recovery_keeps(c->w, topic, tlen)) return PROTO_ENOHISTORY;
   struct query *q = malloc(sizeof(*q) + tlen + 1);
   if (!q) return PROTO_EINTERNAL;
@@ -516,13 +524,16 @@ static char *history_json(const struct query *q, const struct bus_history *h, si
   char *out = NULL;
   if (!payloads || !plens) goto done;
   for (size_t i = 0; i < h->count; i++) {
-    if (!(payloads[i] = broadcast_payload_json(h->msgs[i].payload, h->msgs[i].plen, &plens[i]))) goto done;
+    if (!(payloads[i] = broadcast_payload_json(h->msgs[i].payload, h->msgs[i].plen, &plens[i])))
+      goto done;
     cap += plens[i] + 48;
   }
   if (!(out = malloc(cap))) goto done;
-  size_t n = (size_t)snprintf(out, cap, "{\"type\":\"history\",\"topic\":\"%s\",\"epoch\":\"%s\",\"offset\":%llu,"
-                                        "\"messages\":[",
-                              q->topic, h->epoch, (unsigned long long)h->top);
+  size_t n =
+      (size_t)snprintf(out, cap,
+                       "{\"type\":\"history\",\"topic\":\"%s\",\"epoch\":\"%s\",\"offset\":%llu,"
+                       "\"messages\":[",
+                       q->topic, h->epoch, (unsigned long long)h->top);
   for (size_t i = 0; i < h->count; i++) {
     n += (size_t)snprintf(out + n, cap - n, "%s{\"offset\":%llu,\"payload\":", i ? "," : "",
                           (unsigned long long)h->msgs[i].offset);
@@ -548,8 +559,9 @@ static void on_query(struct query *q, int err, const struct bus_history *h) {
     size_t len;
     char *json = err == BUS_OK ? history_json(q, h, &len) : NULL;
     if (json) ws_proto_ops.send(c, json, len);
-    else proto_reply_error(&ws_proto_ops, c, err == BUS_OK ? PROTO_EINTERNAL : PROTO_EBUS, q->topic, q->tlen,
-                           q->id_json);
+    else
+      proto_reply_error(&ws_proto_ops, c, err == BUS_OK ? PROTO_EINTERNAL : PROTO_EBUS, q->topic,
+                        q->tlen, q->id_json);
     free(json);
   }
   conn_unref(c);

@@ -47,8 +47,8 @@ int recovery_topic_start(struct worker *w, struct topic *t);
 void recovery_topic_end(struct topic *t);
 
 /* A message from the bus (pos NULL: no place in a history). */
-void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const char *payload, size_t plen,
-                      int is_json, const struct bus_pos *pos);
+void recovery_deliver(struct worker *w, const char *topic, size_t tlen, const char *payload,
+                      size_t plen, int is_json, const struct bus_pos *pos);
 
 /* The bus re-subscribed after an interruption: catch up every topic. */
 void recovery_resynced(struct worker *w);
@@ -65,8 +65,8 @@ void recovery_tick(struct worker *w);
  * subscription whose first answer is still coming: the caller replies) or
  * a negative enum proto_err (the caller answers, and removes a new
  * subscription). */
-int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since, const char *id_json,
-                       int existing);
+int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *since,
+                       const char *id_json, int existing);
 
 /* broadcast(): a frame for a subscription that waits for its history. */
 void recovery_hold(struct sub *s, struct sbuf *f, uint64_t offset);
@@ -75,8 +75,8 @@ void recovery_hold(struct sub *s, struct sbuf *f, uint64_t offset);
 void recovery_sub_gone(struct sub *s);
 
 /* {"type":"history",...}: PROTO_PENDING or a negative enum proto_err. */
-int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
-                   const char *id_json);
+int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long long since,
+                   unsigned limit, const char *id_json);
 
 /* The bus' answer to a read made here (bus_host.history). */
 void recovery_on_history(struct worker *w, void *req, int err, const struct bus_history *h);

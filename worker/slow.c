@@ -58,7 +58,8 @@ static void disconnect(struct conn *c) {
   uint32_t keep = c->inflight;
   if (keep == 0 && c->q.count > 0 && c->q.ring[c->q.head & (c->q.cap - 1)].off > 0) keep = 1;
   outq_truncate(&c->q, keep);
-  log_info("slow_disconnect", "conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
+  log_info("slow_disconnect",
+           "conn %llu %s: slow subscriber over %zu queued bytes for %ds: disconnecting (1013)",
            (unsigned long long)c->id, c->peer, c->w->cfg->max_queued_bytes, c->w->cfg->slow_grace);
   metric_add(c->w->m, M_SLOW_DISCONNECTS, 1);
   ws_close(c, CLOSE_TRY_AGAIN_LATER, "too slow: queued data over the limit");
@@ -66,6 +67,7 @@ static void disconnect(struct conn *c) {
 
 void slow_tick(struct conn *c, uint64_t now) {
   const struct config *cfg = c->w->cfg;
-  if (cfg->slow_disconnect && c->over_since && now >= c->over_since + (uint64_t)cfg->slow_grace * 1000)
+  if (cfg->slow_disconnect && c->over_since &&
+      now >= c->over_since + (uint64_t)cfg->slow_grace * 1000)
     disconnect(c);
 }

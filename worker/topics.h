@@ -33,7 +33,7 @@ struct sub {
   struct sub *tprev, *tnext; /* on the topic */
   struct sub *cnext;         /* on the subscriber's list */
   void *ext;                 /* the owner's, NULL at first; see on_sub_gone */
-  uint64_t seen; /* the owner's: highest history offset it was sent, 0 at first */
+  uint64_t seen;             /* the owner's: highest history offset it was sent, 0 at first */
 };
 
 struct topics {

@@ -24,10 +24,9 @@
 /* Exit status of a worker whose listening socket could not be set up: the
  * master logs it and backs off. */
 #define WORKER_EXIT_LISTEN 3
-#define TICK_MS 1000 /* deadlines, heartbeat and gauges */
+#define TICK_MS 1000     /* deadlines, heartbeat and gauges */
 #define DRAIN_STEP_MS 50 /* the drain closes a share of the clients this often */
 #define LISTEN_BACKLOG 4096
-
 
 static void on_connection(uv_stream_t *server, int status) {
   struct worker *w = server->data;
@@ -58,21 +57,24 @@ static int listen_socket(struct worker *w) {
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
       bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, strerror(errno));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
+              strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
     return -1;
   }
   freeaddrinfo(ai);
   if ((rc = uv_tcp_init(w->loop, &w->listener)) != 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
+              uv_strerror(rc));
     close(fd);
     return -1;
   }
   w->listener.data = w;
   if ((rc = uv_tcp_open(&w->listener, fd)) != 0 ||
       (rc = uv_listen((uv_stream_t *)&w->listener, LISTEN_BACKLOG, on_connection)) != 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port, uv_strerror(rc));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
+              uv_strerror(rc));
     uv_close((uv_handle_t *)&w->listener, NULL);
     return -1;
   }
@@ -89,20 +91,20 @@ static void stop_listening(struct worker *w) {
 }
 
 /* Walks a list where the callback may move or close the current entry. */
-#define EACH_CONN(list, c, body)            \
-  do {                                      \
-    struct conn *c = (list).first, *c##_n;  \
-    for (; c; c = c##_n) {                  \
-      c##_n = c->next;                      \
-      body                                  \
-    }                                       \
+#define EACH_CONN(list, c, body)           \
+  do {                                     \
+    struct conn *c = (list).first, *c##_n; \
+    for (; c; c = c##_n) {                 \
+      c##_n = c->next;                     \
+      body                                 \
+    }                                      \
   } while (0)
 
 static void heartbeat(struct worker *w) {
   EACH_CONN(w->open, c, {
     if (c->awaiting_pong) {
-      log_info("ping_timeout", "conn %llu %s: no pong within %ds, closing", (unsigned long long)c->id, c->peer,
-               w->cfg->ping_interval);
+      log_info("ping_timeout", "conn %llu %s: no pong within %ds, closing",
+               (unsigned long long)c->id, c->peer, w->cfg->ping_interval);
       conn_close(c);
     } else {
       ws_ping(c);
@@ -117,7 +119,8 @@ static void on_tick(uv_timer_t *t) {
   EACH_CONN(w->handshaking, c, {
     if (c->deadline && now >= c->deadline) {
       if (c->state == CONN_HTTP) {
-        log_debug("handshake_timeout", "conn %llu %s: handshake timeout", (unsigned long long)c->id, c->peer);
+        log_debug("handshake_timeout", "conn %llu %s: handshake timeout", (unsigned long long)c->id,
+                  c->peer);
         metric_add(w->m, M_REJECT_FIRST + REJECT_TIMEOUT, 1);
       }
       conn_close(c);
@@ -152,7 +155,8 @@ void worker__conn_gone(struct worker *w) {
 
 static void on_grace(uv_timer_t *t) {
   struct worker *w = t->data;
-  log_warn("shutdown_grace_over", "shutdown grace period over, closing %zu connection(s)", w->nconns);
+  log_warn("shutdown_grace_over", "shutdown grace period over, closing %zu connection(s)",
+           w->nconns);
   EACH_CONN(w->open, c, { conn_close(c); });
   EACH_CONN(w->handshaking, c, { conn_close(c); });
 }
@@ -164,10 +168,11 @@ static void on_drain_step(uv_timer_t *t) {
   struct worker *w = t->data;
   uint64_t elapsed = uv_now(w->loop) - w->drain_started;
   uint64_t window = (uint64_t)w->cfg->drain_window * 1000;
-  size_t due = elapsed >= window ? w->drain_total : (size_t)((w->drain_total * elapsed + window - 1) / window);
+  size_t due = elapsed >= window ? w->drain_total
+                                 : (size_t)((w->drain_total * elapsed + window - 1) / window);
   while (w->drain_closed < due && w->open.first) {
-    ws_close(w->open.first, w->drain_code, w->drain_code == CLOSE_SERVICE_RESTART ? "service restart"
-                                                                                   : "server shutting down");
+    ws_close(w->open.first, w->drain_code,
+             w->drain_code == CLOSE_SERVICE_RESTART ? "service restart" : "server shutting down");
     w->drain_closed++;
   }
   if (!w->open.first) uv_timer_stop(&w->drain);
@@ -177,8 +182,8 @@ void worker_shutdown(struct worker *w, uint16_t code) {
   if (w->shutting_down) return;
   w->shutting_down = 1;
   log_info("shutdown", "%s: %zu connection(s) closed over %ds, grace %ds",
-           code == CLOSE_SERVICE_RESTART ? "reload" : "shutting down", w->open.count, w->cfg->drain_window,
-           w->cfg->shutdown_grace);
+           code == CLOSE_SERVICE_RESTART ? "reload" : "shutting down", w->open.count,
+           w->cfg->drain_window, w->cfg->shutdown_grace);
   stop_listening(w);
   EACH_CONN(w->handshaking, c, {
     if (c->state == CONN_HTTP) conn_close(c);
@@ -191,7 +196,9 @@ void worker_shutdown(struct worker *w, uint16_t code) {
     /* ws_close() moves a connection off w->open: the next is first */
     uv_timer_start(&w->drain, on_drain_step, 0, DRAIN_STEP_MS);
   } else {
-    EACH_CONN(w->open, c, { ws_close(c, code, code == CLOSE_SERVICE_RESTART ? "service restart" : "server shutting down"); });
+    EACH_CONN(w->open, c, {
+      ws_close(c, code, code == CLOSE_SERVICE_RESTART ? "service restart" : "server shutting down");
+    });
   }
   if (w->nconns == 0) {
     finish(w);
@@ -211,7 +218,8 @@ static void on_signal(uv_signal_t *s, int signum) {
  * negative libuv error. */
 static int start_handles(struct worker *w) {
   int rc;
-  if ((rc = uv_timer_init(w->loop, &w->tick)) != 0 || (rc = uv_timer_init(w->loop, &w->grace)) != 0 ||
+  if ((rc = uv_timer_init(w->loop, &w->tick)) != 0 ||
+      (rc = uv_timer_init(w->loop, &w->grace)) != 0 ||
       (rc = uv_timer_init(w->loop, &w->drain)) != 0 ||
       (rc = uv_check_init(w->loop, &w->flusher)) != 0 ||
       (rc = uv_prepare_init(w->loop, &w->flusher_pre)) != 0)

@@ -22,7 +22,6 @@ struct conn;
 struct bus;
 struct shm;
 
-
 /* the head of a doubly linked list of connections (not circular: the
  * first's prev and the last's next are NULL); conn_list_move() moves a
  * connection between lists in O(1) and keeps count */
@@ -37,13 +36,13 @@ struct worker {
   int id;
   uv_tcp_t listener;
   int listening;
-  uv_timer_t tick;    /* 1 s: deadlines and heartbeat */
-  uv_check_t flusher; /* after I/O callbacks: flush dirty connections */
+  uv_timer_t tick;          /* 1 s: deadlines and heartbeat */
+  uv_check_t flusher;       /* after I/O callbacks: flush dirty connections */
   uv_prepare_t flusher_pre; /* before polling: flush what timers queued */
   uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
   uv_timer_t grace;
-  uv_timer_t drain;        /* closes clients spread over --drain-window */
-  uint64_t drain_started;  /* loop ms */
+  uv_timer_t drain;       /* closes clients spread over --drain-window */
+  uint64_t drain_started; /* loop ms */
   size_t drain_total, drain_closed;
   uint16_t drain_code;
   uint64_t ticks;
@@ -53,15 +52,15 @@ struct worker {
   struct conn *dirty;           /* singly linked through conn->dirty_next */
   struct topics topics;
   struct bus *bus;
-  struct pmd pmd; /* permessage-deflate streams shared by all connections */
-  struct auth *auth; /* JWT verifier, or NULL: anonymous access */
-  struct shm *shm;  /* shared with the master and the other workers */
-  unsigned shm_row; /* the row this worker writes */
-  struct metrics *m; /* this worker's counters, in its shared-memory row */
+  struct pmd pmd;        /* permessage-deflate streams shared by all connections */
+  struct auth *auth;     /* JWT verifier, or NULL: anonymous access */
+  struct shm *shm;       /* shared with the master and the other workers */
+  unsigned shm_row;      /* the row this worker writes */
+  struct metrics *m;     /* this worker's counters, in its shared-memory row */
   uint64_t flush_now_us; /* uv_hrtime()/1000 at the latest write to the kernel (consumed()) */
   uint64_t next_conn_id;
-  size_t nconns; /* accepted and not yet freed from the loop */
-  size_t history_stalled; /* topics whose catch-up waits for the bus (recovery.c) */
+  size_t nconns;           /* accepted and not yet freed from the loop */
+  size_t history_stalled;  /* topics whose catch-up waits for the bus (recovery.c) */
   char readbuf[64 * 1024]; /* every read lands here and is consumed at once */
 };
 

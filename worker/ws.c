@@ -113,7 +113,9 @@ static int op_subscribe(void *ctx, const char *topic, size_t tlen, const struct 
   c->nsubs += rc;
   struct sub *s = c->subs;
   if (rc == 0) /* already subscribed: the subscription goes on as it is */
-    for (s = c->subs; s && (s->topic->len != tlen || memcmp(s->topic->name, topic, tlen)); s = s->cnext) {}
+    for (s = c->subs; s && (s->topic->len != tlen || memcmp(s->topic->name, topic, tlen));
+         s = s->cnext) {
+    }
   if (!s || !s->topic->ext) return PROTO_OK;
   /* a topic with history: the reply carries its epoch and offset */
   int created = rc;
@@ -129,21 +131,22 @@ static int op_unsubscribe(void *ctx, const char *topic, size_t tlen) {
   return PROTO_OK;
 }
 
-static int op_publish(void *ctx, const char *topic, size_t tlen, const char *payload,
-                      size_t plen, const char *id_json) {
+static int op_publish(void *ctx, const char *topic, size_t tlen, const char *payload, size_t plen,
+                      const char *id_json) {
   struct conn *c = ctx;
   if (c->w->auth && !auth_allows(c->grant, AUTH_PUBLISH, topic, tlen)) return PROTO_EFORBIDDEN;
   return pubsub_publish(c, topic, tlen, payload, plen, id_json);
 }
 
-static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
-                      const char *id_json) {
+static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since,
+                      unsigned limit, const char *id_json) {
   struct conn *c = ctx;
   if (c->w->auth && !auth_allows(c->grant, AUTH_SUBSCRIBE, topic, tlen)) return PROTO_EFORBIDDEN;
   return recovery_query(c, topic, tlen, since, limit, id_json);
 }
 
-const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send, op_history};
+const struct proto_ops ws_proto_ops = {op_subscribe, op_unsubscribe, op_publish, op_send,
+                                       op_history};
 
 /* The per-connection token bucket of --rate-limit/--rate-burst.  A message
  * over the limit gets an error reply; a client that keeps sending after
@@ -207,7 +210,8 @@ static void on_close_frame(struct conn *c, const struct wslay_event_on_msg_recv_
     return;
   }
   if (arg->msg_length > 2 && !utf8_valid(arg->msg + 2, arg->msg_length - 2)) {
-    log_debug("close_reason_invalid", "conn %llu: close reason is not UTF-8", (unsigned long long)c->id);
+    log_debug("close_reason_invalid", "conn %llu: close reason is not UTF-8",
+              (unsigned long long)c->id);
     queue_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "close reason is not UTF-8");
     return;
   }
@@ -229,7 +233,8 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   }
   const uint8_t *msg = arg->msg;
   size_t mlen = arg->msg_length;
-  if ((arg->rsv & WSLAY_RSV1_BIT) && (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
+  if ((arg->rsv & WSLAY_RSV1_BIT) &&
+      (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)) {
     int rc = pmd_inflate(&c->w->pmd, arg->msg, arg->msg_length, &msg, &mlen);
     if (rc == PMD_ETOOBIG) {
       ws_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
@@ -263,11 +268,8 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       }
       ws_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary messages are not supported");
       return;
-    case WSLAY_PONG:
-      c->awaiting_pong = 0;
-      return;
-    default:
-      return;
+    case WSLAY_PONG: c->awaiting_pong = 0; return;
+    default: return;
   }
 }
 
@@ -352,9 +354,7 @@ int ws_close_received(const struct conn *c) {
   return c->ws && wslay_event_get_close_received(c->ws);
 }
 
-int ws_can_send(const struct conn *c) {
-  return c->state == CONN_WS && !c->close_queued;
-}
+int ws_can_send(const struct conn *c) { return c->state == CONN_WS && !c->close_queued; }
 
 void ws_free(struct conn *c) {
   if (c->ws) wslay_event_context_free(c->ws);

@@ -31,7 +31,7 @@ static uint64_t setup_deadline, drain_deadline, close_deadline;
 static int interrupted, exit_code;
 
 /* measurement snapshots */
-static double cpu_start, cpu_end;  /* loadgen user+sys seconds */
+static double cpu_start, cpu_end; /* loadgen user+sys seconds */
 static uint64_t wall_start, wall_end;
 static long long srv_rss_before = -1, srv_rss_after = -1, srv_rss_end = -1;
 static long long srv_cpu_start = -1, srv_cpu_end = -1;
@@ -40,8 +40,8 @@ static uint64_t subs_counted;
 static uint64_t prog_pub, prog_deliv, prog_t;
 static int measured; /* the window was reached and ended */
 
-#define INFO(...)                    \
-  do {                               \
+#define INFO(...)                        \
+  do {                                   \
     if (!g.o.quiet) lg_log(__VA_ARGS__); \
   } while (0)
 
@@ -159,12 +159,12 @@ static void setup_done(uint64_t now) {
   for (uint32_t i = 0; i < g.o.pubs; i++)
     if (g.conns[g.o.subs + i].state == CS_READY) pubs_ready++;
   INFO("setup: %" PRIu64 " established, %" PRIu64 " subscribed, %" PRIu64
-         " publishers ready, %" PRIu64 " failed",
-         g.established, g.subscribed, pubs_ready, failed);
+       " publishers ready, %" PRIu64 " failed",
+       g.established, g.subscribed, pubs_ready, failed);
   if (failed > g.o.max_failures) exit_code = 1;
   if ((g.o.subs && !g.subscribed) || (g.o.pubs && !pubs_ready)) {
-    lg_log("setup failed: %s", g.o.subs && !g.subscribed ? "no subscriber is ready"
-                                                         : "no publisher is ready");
+    lg_log("setup failed: %s",
+           g.o.subs && !g.subscribed ? "no subscriber is ready" : "no publisher is ready");
     exit_code = 1;
     begin_closing(now);
     return;
@@ -301,8 +301,7 @@ static void main_tick(uv_timer_t *t) {
     case PH_CLOSING:
       if (g.open_handles == 0 || now >= close_deadline) finish();
       break;
-    case PH_DONE:
-      break;
+    case PH_DONE: break;
   }
 }
 
@@ -316,12 +315,12 @@ static void prog_tick(uv_timer_t *t) {
   for (int r = 1; r < FAIL__N; r++) failed += g.nfail[r];
   if (g.phase == PH_SETUP)
     INFO("setup: %" PRIu64 "/%zu established, %" PRIu64 " subscribed, %" PRIu64
-           " failed, %zu handshakes in flight",
-           g.established, g.nconns, g.subscribed, failed, g.inflight_hs);
+         " failed, %zu handshakes in flight",
+         g.established, g.nconns, g.subscribed, failed, g.inflight_hs);
   else
     INFO("%s: publish %.0f/s, deliveries %.0f/s, open %zu, dropped %" PRIu64, names[g.phase],
-           (double)(g.pub_total - prog_pub) / dt, (double)(g.deliv_total - prog_deliv) / dt,
-           g.open_handles, g.dropped);
+         (double)(g.pub_total - prog_pub) / dt, (double)(g.deliv_total - prog_deliv) / dt,
+         g.open_handles, g.dropped);
   prog_pub = g.pub_total;
   prog_deliv = g.deliv_total;
   prog_t = now;
@@ -347,36 +346,37 @@ static void on_signal(uv_signal_t *s, int signum) {
 /* ---------------- options ---------------- */
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: loadgen [options]\n"
-          "  --host H             server address (default 127.0.0.1)\n"
-          "  --port N             server port (default 8080)\n"
-          "  --path P             WebSocket path (default /)\n"
-          "  --subs N             subscriber connections (default 100)\n"
-          "  --topics K           topics; subscriber i takes topic <prefix><i %% K> (default 10)\n"
-          "  --topic-prefix S     topic name prefix (default bench.)\n"
-          "  --pubs P             publisher connections (default 1)\n"
-          "  --rate R             publishes/s over all publishers; 0 = as fast as the\n"
-          "                       window allows (default 1000)\n"
-          "  --window W           rate 0: unacknowledged publishes per publisher (default 64)\n"
-          "  --size S             approximate payload size in bytes (default 100)\n"
-          "  --warmup S           seconds of publishing before the window (default 2)\n"
-          "  --duration S         seconds of measurement (default 10)\n"
-          "  --grace S            seconds to wait for in-flight acks/deliveries (default 3)\n"
-          "  --connect-rate N     connections opened per second; 0 = unlimited (default 0)\n"
-          "  --max-handshakes N   handshakes in flight at most (default 500)\n"
-          "  --setup-timeout S    seconds for all connections to be ready\n"
-          "                       (default 30 + connections / connect-rate)\n"
-          "  --max-failures N     setup failures tolerated before exiting 1 (default 0)\n"
-          "  --idle               hold --subs subscribed connections for --duration; no publishers\n"
-          "  --server-pids A,B    server pids whose VmRSS / CPU to report\n"
-          "  --server-tree        include all descendants of --server-pids\n"
-          "  --deflate            offer permessage-deflate (inflate compressed frames)\n"
-          "  --src-addrs A,B      local addresses to bind, round-robin (more than ~28k\n"
-          "                       connections to one server port)\n"
-          "  --json               print all results as one JSON object on the last line\n"
-          "  --quiet              no progress on stderr\n"
-          "  --help\n");
+  fprintf(
+      f,
+      "usage: loadgen [options]\n"
+      "  --host H             server address (default 127.0.0.1)\n"
+      "  --port N             server port (default 8080)\n"
+      "  --path P             WebSocket path (default /)\n"
+      "  --subs N             subscriber connections (default 100)\n"
+      "  --topics K           topics; subscriber i takes topic <prefix><i %% K> (default 10)\n"
+      "  --topic-prefix S     topic name prefix (default bench.)\n"
+      "  --pubs P             publisher connections (default 1)\n"
+      "  --rate R             publishes/s over all publishers; 0 = as fast as the\n"
+      "                       window allows (default 1000)\n"
+      "  --window W           rate 0: unacknowledged publishes per publisher (default 64)\n"
+      "  --size S             approximate payload size in bytes (default 100)\n"
+      "  --warmup S           seconds of publishing before the window (default 2)\n"
+      "  --duration S         seconds of measurement (default 10)\n"
+      "  --grace S            seconds to wait for in-flight acks/deliveries (default 3)\n"
+      "  --connect-rate N     connections opened per second; 0 = unlimited (default 0)\n"
+      "  --max-handshakes N   handshakes in flight at most (default 500)\n"
+      "  --setup-timeout S    seconds for all connections to be ready\n"
+      "                       (default 30 + connections / connect-rate)\n"
+      "  --max-failures N     setup failures tolerated before exiting 1 (default 0)\n"
+      "  --idle               hold --subs subscribed connections for --duration; no publishers\n"
+      "  --server-pids A,B    server pids whose VmRSS / CPU to report\n"
+      "  --server-tree        include all descendants of --server-pids\n"
+      "  --deflate            offer permessage-deflate (inflate compressed frames)\n"
+      "  --src-addrs A,B      local addresses to bind, round-robin (more than ~28k\n"
+      "                       connections to one server port)\n"
+      "  --json               print all results as one JSON object on the last line\n"
+      "  --quiet              no progress on stderr\n"
+      "  --help\n");
 }
 
 static int parse_double(const char *s, double lo, double hi, double *out) {
@@ -438,9 +438,31 @@ static void parse_opts(int argc, char **argv) {
   o->size = 100;
   o->setup_timeout = -1;
   enum {
-    OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_SUBS, OPT_TOPICS, OPT_PREFIX, OPT_PUBS, OPT_RATE, OPT_WINDOW, OPT_SIZE,
-    OPT_WARMUP, OPT_DURATION, OPT_GRACE, OPT_CRATE, OPT_MAXHS, OPT_SETUPTO, OPT_MAXFAIL, OPT_IDLE, OPT_PIDS,
-    OPT_TREE, OPT_DEFLATE, OPT_SRC, OPT_JSON, OPT_QUIET, OPT_HELP
+    OPT_HOST = 256,
+    OPT_PORT,
+    OPT_PATH,
+    OPT_SUBS,
+    OPT_TOPICS,
+    OPT_PREFIX,
+    OPT_PUBS,
+    OPT_RATE,
+    OPT_WINDOW,
+    OPT_SIZE,
+    OPT_WARMUP,
+    OPT_DURATION,
+    OPT_GRACE,
+    OPT_CRATE,
+    OPT_MAXHS,
+    OPT_SETUPTO,
+    OPT_MAXFAIL,
+    OPT_IDLE,
+    OPT_PIDS,
+    OPT_TREE,
+    OPT_DEFLATE,
+    OPT_SRC,
+    OPT_JSON,
+    OPT_QUIET,
+    OPT_HELP
   };
   static const struct option lo[] = {
       {"host", required_argument, 0, OPT_HOST},
@@ -676,7 +698,8 @@ static void report(void) {
   double p50 = hist_quantile(&g.lat, 0.50) / 1e6, p99 = hist_quantile(&g.lat, 0.99) / 1e6,
          p999 = hist_quantile(&g.lat, 0.999) / 1e6, pmax = (double)g.lat.max / 1e6,
          pmean = g.lat.n ? g.lat.sum / (double)g.lat.n / 1e6 : 0;
-  long long growth = srv_rss_before >= 0 && srv_rss_after >= 0 ? srv_rss_after - srv_rss_before : -1;
+  long long growth =
+      srv_rss_before >= 0 && srv_rss_after >= 0 ? srv_rss_after - srv_rss_before : -1;
   uint64_t held = 0;
   for (uint32_t i = 0; i < g.o.subs; i++) held += g.conns[i].counted && !g.conns[i].dropped;
   long long per_conn = growth >= 0 && g.established ? growth / (long long)g.established : -1;
@@ -690,8 +713,8 @@ static void report(void) {
     printf(", size %zu", g.o.size);
   }
   printf(", %s%.1f s\n", g.o.deflate ? "deflate, " : "", dur);
-  printf("connections:  %" PRIu64 "/%zu established, %" PRIu64 " failed", g.established,
-         g.nconns, failed);
+  printf("connections:  %" PRIu64 "/%zu established, %" PRIu64 " failed", g.established, g.nconns,
+         failed);
   if (failed) {
     printf(" (");
     const char *sep = "";
@@ -708,10 +731,11 @@ static void report(void) {
            " still open at the end\n",
            subs_counted, dur, held);
     if (g.o.npids) {
-      printf("server rss:   before %.1f MiB (%zu procs), after connecting %.1f MiB (%zu procs),"
-             " at the end %.1f MiB\n",
-             mib(srv_rss_before), srv_nprocs_before, mib(srv_rss_after), srv_nprocs_after,
-             mib(srv_rss_end));
+      printf(
+          "server rss:   before %.1f MiB (%zu procs), after connecting %.1f MiB (%zu procs),"
+          " at the end %.1f MiB\n",
+          mib(srv_rss_before), srv_nprocs_before, mib(srv_rss_after), srv_nprocs_after,
+          mib(srv_rss_end));
       printf("per conn:     %lld bytes of server RSS growth per connection\n", per_conn);
     }
   } else {
@@ -722,16 +746,16 @@ static void report(void) {
     if (g.rate_skipped) printf(", behind schedule %" PRIu64, g.rate_skipped);
     printf("\n");
     if (g.first_error[0]) printf("first error:  %s\n", g.first_error);
-    printf("deliveries:   %" PRIu64 " (%.1f/s), expected %" PRIu64 ", lost %" PRIu64
-           " (%" PRIu64 " subs), duplicated %" PRIu64,
+    printf("deliveries:   %" PRIu64 " (%.1f/s), expected %" PRIu64 ", lost %" PRIu64 " (%" PRIu64
+           " subs), duplicated %" PRIu64,
            g.deliv_window, dur > 0 ? (double)g.deliv_window / dur : 0, expected, lost,
            subs_with_loss, g.dup);
     if (g.o.deflate) printf(", compressed %" PRIu64 " (whole run)", g.inflated);
     if (g.unexpected || g.bad_msgs)
       printf(", unexpected %" PRIu64 ", unparsable %" PRIu64, g.unexpected, g.bad_msgs);
     printf("\n");
-    printf("latency ms:   p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n", p50, p99,
-           p999, pmax, pmean);
+    printf("latency ms:   p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n", p50, p99, p999,
+           pmax, pmean);
     if (g.o.npids)
       printf("server:       rss %.1f MiB before, %.1f MiB after setup, %.1f%% cpu\n",
              mib(srv_rss_before), mib(srv_rss_after), srv_cpu_pct);
@@ -882,7 +906,7 @@ int main(int argc, char **argv) {
   srv_rss_before = server_sum(0, &srv_nprocs_before);
   if (g.o.npids && srv_rss_before < 0) lg_log("warning: cannot read /proc of --server-pids");
   INFO("opening %zu connections to %s%s", g.nconns, g.hostport,
-         g.o.deflate ? " (offering permessage-deflate)" : "");
+       g.o.deflate ? " (offering permessage-deflate)" : "");
   g.phase = PH_SETUP;
   g.t_open0 = now_ns();
   setup_deadline = g.t_open0 + (uint64_t)(g.o.setup_timeout * 1e9);

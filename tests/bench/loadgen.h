@@ -94,13 +94,13 @@ struct conn {
   uint8_t dropped;  /* lost after being ready, before the closing phase */
   uint8_t counted;  /* subscriber: counted in subs_on_topic at the window start */
   uint8_t close_sent, close_rcvd;
-  uint8_t pmd, pmd_nct; /* permessage-deflate on; server_no_context_takeover */
+  uint8_t pmd, pmd_nct;          /* permessage-deflate on; server_no_context_takeover */
   uint8_t in_msg, msg_op, msg_z; /* a fragmented message is being collected */
   uint8_t cur;                   /* out[cur] collects, out[cur ^ 1] is being written */
   uint32_t idx;                  /* index within its role */
   uint32_t topic;                /* subscriber: topic index */
   uint32_t seq_at;               /* subscriber: where "seq" was in the last notification */
-  char *rbuf; /* partial frame (or the handshake response) */
+  char *rbuf;                    /* partial frame (or the handshake response) */
   size_t rlen, rcap, rneed;
   char *msg; /* fragmented message */
   size_t mlen, mcap;
@@ -108,10 +108,10 @@ struct conn {
   z_stream *zs;
   char key[28]; /* Sec-WebSocket-Key */
   /* publisher */
-  uint64_t s_next;   /* next per-publisher sequence number */
+  uint64_t s_next; /* next per-publisher sequence number */
   uint64_t acks, errs;
-  uint64_t s_first;  /* first sequence number inside the window (UINT64_MAX: none yet) */
-  uint64_t sched;    /* rate mode: messages scheduled so far */
+  uint64_t s_first; /* first sequence number inside the window (UINT64_MAX: none yet) */
+  uint64_t sched;   /* rate mode: messages scheduled so far */
   /* subscriber */
   struct track *trk; /* [npubs], allocated at the first in-window delivery */
   uint64_t uniq;     /* unique in-window deliveries */
@@ -188,8 +188,8 @@ struct global {
 
 extern struct global g;
 
-void lg_on_ready(struct conn *c);  /* setup: became ready */
-void lg_on_resolved(void);         /* setup: a connection was resolved */
+void lg_on_ready(struct conn *c); /* setup: became ready */
+void lg_on_resolved(void);        /* setup: a connection was resolved */
 void lg_open_more(void);
 void lg_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

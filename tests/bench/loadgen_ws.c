@@ -797,8 +797,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
       conn_close(c);
       return;
     }
-    conn_fail(c, FAIL_CLOSED, "%s", nread == UV_EOF ? "server closed the connection"
-                                                     : uv_strerror((int)nread));
+    conn_fail(c, FAIL_CLOSED, "%s",
+              nread == UV_EOF ? "server closed the connection" : uv_strerror((int)nread));
     return;
   }
   if (buf->base == rd_shared) {

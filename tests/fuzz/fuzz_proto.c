@@ -39,7 +39,7 @@ struct fake {
   json_t *req;                        /* the request as jansson reads it, or NULL */
   const char *req_topic;
   size_t req_tlen;
-  char *pending_id;  /* copied id_json of a PENDING publish */
+  char *pending_id; /* copied id_json of a PENDING publish */
   char pending_topic[256];
   size_t pending_tlen;
   int expect_code; /* the result whose reply is being checked */
@@ -60,8 +60,8 @@ static void check_reply(struct fake *f, const char *msg, size_t len) {
   } else if (f->expect_code < 0) {
     FUZZ_CHECK(json_is_string(err));
     FUZZ_CHECK(json_is_string(json_object_get(r, "code")));
-    FUZZ_CHECK(strcmp(json_string_value(json_object_get(r, "code")),
-                      proto_err_code(f->expect_code)) == 0);
+    FUZZ_CHECK(
+        strcmp(json_string_value(json_object_get(r, "code")), proto_err_code(f->expect_code)) == 0);
   } else {
     FUZZ_CHECK(err == NULL);
     FUZZ_CHECK(json_is_string(json_object_get(r, "status")) ||
@@ -122,13 +122,14 @@ static int op_subscribe(void *ctx, const char *topic, size_t tlen, const struct 
   if (since) {
     size_t n = strlen(since->epoch);
     FUZZ_CHECK(n <= PROTO_EPOCH_MAX);
-    for (size_t i = 0; i < n; i++) FUZZ_CHECK(since->epoch[i] == '-' || isalnum((unsigned char)since->epoch[i]));
+    for (size_t i = 0; i < n; i++)
+      FUZZ_CHECK(since->epoch[i] == '-' || isalnum((unsigned char)since->epoch[i]));
   }
   return f->last_sub = res[f->ctl & 3];
 }
 
-static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
-                      const char *id_json) {
+static int op_history(void *ctx, const char *topic, size_t tlen, unsigned long long since,
+                      unsigned limit, const char *id_json) {
   (void)ctx;
   (void)since;
   (void)id_json;
@@ -168,7 +169,8 @@ static int op_publish(void *ctx, const char *topic, size_t tlen, const char *pay
   return rc;
 }
 
-static const struct proto_ops fake_ops = {op_subscribe, op_unsubscribe, op_publish, op_send, op_history};
+static const struct proto_ops fake_ops = {op_subscribe, op_unsubscribe, op_publish, op_send,
+                                          op_history};
 
 static void check_find_member(const char *s, size_t len, json_t *root, int no_escapes) {
   static const char *const keys[] = {"payload", "id", "type", "topic", ""};
@@ -228,8 +230,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   if (rc == PROTO_PENDING) {
     /* the bus answers later, through the copies the publish kept */
-    proto_reply_status(&fake_ops, &f, "published", f.pending_topic, f.pending_tlen,
-                       f.pending_id);
+    proto_reply_status(&fake_ops, &f, "published", f.pending_topic, f.pending_tlen, f.pending_id);
     check_replies(&f, PROTO_OK, 1);
     int err = (f.ctl & 1) ? PROTO_EBUS : PROTO_EINTERNAL;
     proto_reply_error(&fake_ops, &f, err, f.pending_topic, f.pending_tlen, f.pending_id);

@@ -25,12 +25,9 @@ static int parse_copy(const uint8_t *data, size_t len, struct proxy_info *info) 
 static void check_prefix(const uint8_t *data, size_t k, int rc) {
   struct proxy_info pi;
   int rk = parse_copy(data, k, &pi);
-  if (rc > 0 && k >= (size_t)rc)
-    FUZZ_CHECK(rk == rc);
-  else if (rc == PROXY_EINVALID)
-    FUZZ_CHECK(rk == PROXY_INCOMPLETE || rk == PROXY_EINVALID);
-  else
-    FUZZ_CHECK(rk == PROXY_INCOMPLETE);
+  if (rc > 0 && k >= (size_t)rc) FUZZ_CHECK(rk == rc);
+  else if (rc == PROXY_EINVALID) FUZZ_CHECK(rk == PROXY_INCOMPLETE || rk == PROXY_EINVALID);
+  else FUZZ_CHECK(rk == PROXY_INCOMPLETE);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -164,15 +164,11 @@ static char *make_token_key(const char *header, const char *payload, enum signer
 
 static char *make_token(const char *header, const char *payload, enum signer how) {
   switch (how) {
-    case SIGN_HS:
-      return make_token_key(header, payload, how, SECRET, strlen(SECRET), NULL);
-    case SIGN_RS:
-      return make_token_key(header, payload, how, NULL, 0, rsa_key);
+    case SIGN_HS: return make_token_key(header, payload, how, SECRET, strlen(SECRET), NULL);
+    case SIGN_RS: return make_token_key(header, payload, how, NULL, 0, rsa_key);
     case SIGN_ES:
-    case SIGN_ES_DER:
-      return make_token_key(header, payload, how, NULL, 0, ec_key);
-    default:
-      return make_token_key(header, payload, how, NULL, 0, NULL);
+    case SIGN_ES_DER: return make_token_key(header, payload, how, NULL, 0, ec_key);
+    default: return make_token_key(header, payload, how, NULL, 0, NULL);
   }
 }
 
@@ -208,10 +204,8 @@ static int verify_at(const struct auth *a, const char *tok, long long now, struc
   memcpy(copy, tok, n);
   int r = auth_verify(a, copy, n, now, g);
   free(copy);
-  if (r != AUTH_OK)
-    assert_null(*g);
-  else
-    assert_non_null(*g);
+  if (r != AUTH_OK) assert_null(*g);
+  else assert_non_null(*g);
   return r;
 }
 

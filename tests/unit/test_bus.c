@@ -106,7 +106,8 @@ static struct client *client_open(struct fx *fx) {
   struct client *cl = calloc(1, sizeof(*cl));
   assert_non_null(cl);
   cl->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)fx->port),
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_port = htons((uint16_t)fx->port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
   static const char req[] =
@@ -196,9 +197,10 @@ static void bus_down_refuses_at_once(void **state) {
   bus_local_set_ready(fx->w->bus, 0);
   assert_false(bus_ready(fx->w->bus));
   client_send(a, "{\"type\":\"publish\",\"topic\":\"t\",\"payload\":1,\"id\":\"x\"}");
-  expect(fx, a,
-         "{\"error\":\"Message bus unavailable, message not published\",\"code\":\"bus_unavailable\","
-         "\"topic\":\"t\",\"id\":\"x\"}");
+  expect(
+      fx, a,
+      "{\"error\":\"Message bus unavailable, message not published\",\"code\":\"bus_unavailable\","
+      "\"topic\":\"t\",\"id\":\"x\"}");
   bus_local_set_ready(fx->w->bus, 1);
   client_send(a, "{\"type\":\"publish\",\"topic\":\"t\",\"payload\":2}");
   expect(fx, a, "{\"status\":\"published\",\"topic\":\"t\"}");
@@ -262,7 +264,8 @@ static void stop_with_publish_pending(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(publish_reaches_every_subscriber_then_acks, setup, teardown),
-      cmocka_unit_test_setup_teardown(publisher_that_subscribes_gets_its_own_message, setup, teardown),
+      cmocka_unit_test_setup_teardown(publisher_that_subscribes_gets_its_own_message, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(bus_down_refuses_at_once, setup, teardown),
       cmocka_unit_test_setup_teardown(topics_first_and_last_reach_the_bus, setup, teardown),
       cmocka_unit_test_setup_teardown(publisher_gone_before_ack, setup, teardown),

@@ -31,10 +31,8 @@ static int parse_exact(const char *buf, size_t len, struct http_request *req, ch
   assert_non_null(b);
   if (len) memcpy(b, buf, len);
   int rc = http_parse_request(b, len, req);
-  if (copy)
-    *copy = b;
-  else
-    free(b);
+  if (copy) *copy = b;
+  else free(b);
   return rc;
 }
 

@@ -51,8 +51,8 @@ static void record_id(struct fake *f, const char *id_json) {
   }
 }
 
-static int fake_subscribe(void *ctx, const char *topic, size_t tlen, const struct proto_since *since,
-                          const char *id_json) {
+static int fake_subscribe(void *ctx, const char *topic, size_t tlen,
+                          const struct proto_since *since, const char *id_json) {
   struct fake *f = ctx;
   f->nsub++;
   record_topic(f, topic, tlen);
@@ -62,8 +62,8 @@ static int fake_subscribe(void *ctx, const char *topic, size_t tlen, const struc
   return f->sub_rc;
 }
 
-static int fake_history(void *ctx, const char *topic, size_t tlen, unsigned long long since, unsigned limit,
-                        const char *id_json) {
+static int fake_history(void *ctx, const char *topic, size_t tlen, unsigned long long since,
+                        unsigned limit, const char *id_json) {
   struct fake *f = ctx;
   f->nhist++;
   record_topic(f, topic, tlen);
@@ -367,15 +367,19 @@ static void test_publish_pending(void **state) {
 
 static void test_subscribe_since(void **state) {
   F;
-  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":41,\"epoch\":\"ab-9Z\"}}"),
-                   PROTO_OK);
+  assert_int_equal(
+      handle(
+          f,
+          "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":41,\"epoch\":\"ab-9Z\"}}"),
+      PROTO_OK);
   assert_int_equal(f->has_since, 1);
   assert_int_equal(f->since.offset, 41);
   assert_string_equal(f->since.epoch, "ab-9Z");
   expect_reply(f, "{\"status\":\"subscribed\",\"topic\":\"t\"}");
   /* "" is the epoch of a topic that had no message yet */
-  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":0,\"epoch\":\"\"}}"),
-                   PROTO_OK);
+  assert_int_equal(
+      handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"since\":{\"offset\":0,\"epoch\":\"\"}}"),
+      PROTO_OK);
   assert_int_equal(f->has_since, 1);
   assert_string_equal(f->since.epoch, "");
   expect_reply(f, "{\"status\":\"subscribed\",\"topic\":\"t\"}");
@@ -385,8 +389,11 @@ static void test_subscribe_since(void **state) {
   expect_reply(f, "{\"status\":\"subscribed\",\"topic\":\"t\"}");
   /* the operation answers later: nothing now */
   f->sub_rc = PROTO_PENDING;
-  assert_int_equal(handle(f, "{\"type\":\"subscribe\",\"topic\":\"t\",\"id\":3,\"since\":{\"offset\":0,\"epoch\":\"e\"}}"),
-                   PROTO_PENDING);
+  assert_int_equal(
+      handle(
+          f,
+          "{\"type\":\"subscribe\",\"topic\":\"t\",\"id\":3,\"since\":{\"offset\":0,\"epoch\":\"e\"}}"),
+      PROTO_PENDING);
   assert_string_equal(f->id, "3");
   expect_no_reply(f);
 }
@@ -404,7 +411,8 @@ static void test_subscribe_bad_since(void **state) {
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     assert_int_equal(handle(f, bad[i]), PROTO_EFORMAT);
-    expect_reply(f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
+    expect_reply(
+        f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
   }
   assert_int_equal(f->nsub, 0);
 }
@@ -412,8 +420,9 @@ static void test_subscribe_bad_since(void **state) {
 static void test_history(void **state) {
   F;
   f->hist_rc = PROTO_PENDING;
-  assert_int_equal(handle(f, "{\"type\":\"history\",\"topic\":\"t\",\"since\":7,\"limit\":5,\"id\":1}"),
-                   PROTO_PENDING);
+  assert_int_equal(
+      handle(f, "{\"type\":\"history\",\"topic\":\"t\",\"since\":7,\"limit\":5,\"id\":1}"),
+      PROTO_PENDING);
   assert_int_equal(f->nhist, 1);
   assert_int_equal(f->hist_since, 7);
   assert_int_equal(f->hist_limit, 5);
@@ -431,17 +440,20 @@ static void test_history(void **state) {
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     assert_int_equal(handle(f, bad[i]), PROTO_EFORMAT);
-    expect_reply(f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
+    expect_reply(
+        f, "{\"error\":\"Invalid message format\",\"code\":\"invalid_format\",\"topic\":\"t\"}");
   }
   assert_int_equal(f->nhist, 2);
   f->hist_rc = PROTO_ENOHISTORY;
   assert_int_equal(handle(f, "{\"type\":\"history\",\"topic\":\"t\"}"), PROTO_ENOHISTORY);
-  expect_reply(f, "{\"error\":\"This topic keeps no history\",\"code\":\"no_history\",\"topic\":\"t\"}");
+  expect_reply(
+      f, "{\"error\":\"This topic keeps no history\",\"code\":\"no_history\",\"topic\":\"t\"}");
 }
 
 static void test_reply_status_ext(void **state) {
   F;
-  assert_int_equal(proto_reply_status_ext(&OPS, f, "published", "t", 1, "\"offset\":12", "\"x\""), 0);
+  assert_int_equal(proto_reply_status_ext(&OPS, f, "published", "t", 1, "\"offset\":12", "\"x\""),
+                   0);
   expect_reply(f, "{\"status\":\"published\",\"topic\":\"t\",\"offset\":12,\"id\":\"x\"}");
 }
 
@@ -723,7 +735,8 @@ static void test_invalid_topic_reply_is_json(void **state) {
     free(msg);
     assert_int_equal(f->nsent, 1);
     json_error_t err;
-    json_t *reply = json_loadb(f->sent[0], f->sentlen[0], JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    json_t *reply =
+        json_loadb(f->sent[0], f->sentlen[0], JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (!reply) {
       print_error("case %d: reply is not JSON (%s): %s\n", k, err.text, f->sent[0]);
       fail();

@@ -28,10 +28,8 @@ static size_t make_header(uint8_t *out, uint8_t ver_cmd, uint8_t fam_proto, cons
   out[13] = fam_proto;
   out[14] = (uint8_t)(alen >> 8);
   out[15] = (uint8_t)alen;
-  if (addr)
-    memcpy(out + 16, addr, alen);
-  else
-    memset(out + 16, 0, alen);
+  if (addr) memcpy(out + 16, addr, alen);
+  else memset(out + 16, 0, alen);
   return 16 + alen;
 }
 

@@ -266,9 +266,10 @@ static void expect_note(struct fx *fx, struct client *cl, const char *topic, int
                         uint64_t offset) {
   if (offset == 1) {
     char want[256];
-    snprintf(want, sizeof(want),
-             "{\"type\":\"notification\",\"topic\":\"%s\",\"payload\":{\"n\":%d},\"offset\":1,\"epoch\":\"", topic,
-             n);
+    snprintf(
+        want, sizeof(want),
+        "{\"type\":\"notification\",\"topic\":\"%s\",\"payload\":{\"n\":%d},\"offset\":1,\"epoch\":\"",
+        topic, n);
     char *got = client_recv(fx, cl);
     size_t wl = strlen(want), gl = strlen(got);
     if (gl <= wl + 2 || strncmp(got, want, wl) != 0 || strcmp(got + gl - 2, "\"}") != 0)

@@ -177,14 +177,10 @@ static size_t ref_char(const uint8_t *s, size_t len) {
   size_t n;
   uint32_t cp;
   if (c < 0x80) return 1;
-  if (c >= 0xc0 && c < 0xe0)
-    n = 2, cp = c & 0x1f;
-  else if (c >= 0xe0 && c < 0xf0)
-    n = 3, cp = c & 0x0f;
-  else if (c >= 0xf0 && c < 0xf8)
-    n = 4, cp = c & 0x07;
-  else
-    return 0;
+  if (c >= 0xc0 && c < 0xe0) n = 2, cp = c & 0x1f;
+  else if (c >= 0xe0 && c < 0xf0) n = 3, cp = c & 0x0f;
+  else if (c >= 0xf0 && c < 0xf8) n = 4, cp = c & 0x07;
+  else return 0;
   if (len < n) return 0;
   for (size_t i = 1; i < n; i++) {
     if ((s[i] & 0xc0) != 0x80) return 0;
@@ -251,8 +247,7 @@ static void test_every_code_point(void **state) {
   uint8_t b[4];
   for (uint32_t cp = 0; cp <= 0x10ffff; cp++) {
     size_t n;
-    if (cp < 0x80)
-      b[0] = (uint8_t)cp, n = 1;
+    if (cp < 0x80) b[0] = (uint8_t)cp, n = 1;
     else if (cp < 0x800)
       b[0] = (uint8_t)(0xc0 | cp >> 6), b[1] = (uint8_t)(0x80 | (cp & 0x3f)), n = 2;
     else if (cp < 0x10000) {
