@@ -26,7 +26,6 @@ import websockets
 import wsraw
 from helpers import ws_connect
 from test_auth import SECRET, bearer, make_jwt, valid_for
-from test_redis import redis  # noqa: F401  (the fixture)
 
 TIMEOUT = 10.0  # one expected reply or message
 LONG = 60.0  # a whole run of messages under load
