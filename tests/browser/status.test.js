@@ -295,9 +295,12 @@ test('the page got one snapshot a second, and drew one point per snapshot', asyn
   const gaps = times.slice(1).map((x, i) => x - times[i]);
   t.diagnostic(`${snapshots.length} snapshots over ${span.toFixed(1)} s; server time gaps ` +
                `${gaps.map((g) => g.toFixed(2)).join(' ')}`);
-  // one on connecting, then one on each tick of the admin timer (which
-  // runs for every page; a tick less than 0.5 s after the first is skipped)
-  assert.ok(snapshots.length <= span + 1.5, `${snapshots.length} snapshots in ${span.toFixed(1)} s`);
+  // one on connecting, then one a second from then on: counted against the
+  // server's own clock (the browser's arrival times bunch up when the page
+  // is busy loading, which made this fail about once in five runs)
+  const serverSpan = times[times.length - 1] - times[0];
+  assert.ok(snapshots.length <= serverSpan + 1.5,
+            `${snapshots.length} snapshots in ${serverSpan.toFixed(1)} s of server time`);
   for (const g of gaps) assert.ok(g > 0.45 && g < 1.6, `snapshot times ${times}`);
   // the page's chart history (a script-level binding of the page; if it is
   // renamed, say so rather than fail)
