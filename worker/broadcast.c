@@ -164,10 +164,13 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
   size_t jlen = plain->len - hdr;
   int compress = !w->cfg->no_compression && jlen >= w->cfg->compression_threshold;
   size_t n = 0, extra_raw = 0;
+  /* only a topic with history has subscriptions that resume (s->ext) or
+   * were sent history (s->seen): the others never read those fields */
+  int hist = t->ext != NULL;
   for (struct sub *s = t->subs; s; s = s->tnext) {
     struct conn *c = s->subscriber;
     if (!ws_can_send(c)) continue;
-    if (offset && offset <= s->seen) continue; /* it had this one from the history */
+    if (hist && offset && offset <= s->seen) continue; /* it had this one from the history */
     struct sbuf *f = plain;
     if (compress && c->pmd) {
       unsigned bits = c->pmd_bits;
@@ -177,7 +180,7 @@ size_t broadcast(struct worker *w, struct topic *t, const char *payload, size_t 
       }
       if (deflated[bits]) f = deflated[bits];
     }
-    if (s->ext) { /* a resuming subscription: kept until its history is out */
+    if (hist && s->ext) { /* a resuming subscription: kept until its history is out */
       recovery_hold(s, f, offset);
       continue;
     }
