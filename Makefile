@@ -5,6 +5,7 @@
 #   make test-suite   unit, fuzz (brief), chaos (short), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
 #   make bench        tidings vs uWebSockets.js vs Node ws -> docs/benchmarks.md
+#   make bench-compare BASE=rev  this tree's tidings beside the one of rev, alternating
 #   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
 #   make chaos-short  the same, a few seconds a scenario (~1 min)
 #   make unit         C unit tests only (ASan/UBSan)
@@ -190,7 +191,13 @@ FORCE:
 bench: bin/tidings
 	bash tests/bench/run.sh
 
-.PHONY: bench
+# ---- before/after: two builds of tidings side by side, alternating rounds ----
+BASE   ?= HEAD~1
+ROUNDS ?= 3
+bench-compare:
+	bash tests/bench/compare.sh $(BASE) $(ROUNDS)
+
+.PHONY: bench bench-compare
 
 # ---- chaos: faults under load, checked message by message (tests/chaos/README.md) ----
 # The binary is $(TIDINGS_BIN) when set, else bin/tidings-asan; the table
