@@ -118,13 +118,13 @@ bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
 # test_bus runs a whole worker on the in-process bus instead of Redis
-bin/unit/test_bus: build/san/tests/unit/test_bus.o $(COMMON_SRC:%.c=build/san/%.o) \
+bin/unit/test_bus: build/san/tests/unit/test_bus.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
                    $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
 # test_recovery: the same, with history kept by the local bus in memory
-bin/unit/test_recovery: build/san/tests/unit/test_recovery.o $(COMMON_SRC:%.c=build/san/%.o) \
+bin/unit/test_recovery: build/san/tests/unit/test_recovery.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
                         $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka

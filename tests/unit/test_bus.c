@@ -27,137 +27,9 @@
 #include "../../worker/bus.h"
 #include "../../worker/bus_local.h"
 #include "../../worker/worker.h"
+#include "wtest.h"
 
-#define WAIT_MS 5000
-
-struct fx {
-  struct config cfg;
-  struct worker *w;
-  int port;
-};
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  socklen_t l = sizeof(a);
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-static int setup(void **state) {
-  struct fx *fx = calloc(1, sizeof(*fx));
-  assert_non_null(fx);
-  fx->port = free_port();
-  char port[16];
-  snprintf(port, sizeof(port), "%d", fx->port);
-  char a0[] = "tidings", a1[] = "--bind", a2[] = "127.0.0.1", a3[] = "--port", a5[] = "--log-level",
-       a6[] = "warn";
-  char *argv[] = {a0, a1, a2, a3, port, a5, a6, NULL};
-  char err[256];
-  assert_int_equal(config_parse(&fx->cfg, 7, argv, err, sizeof(err)), 0);
-  int status;
-  fx->w = worker_new(&fx->cfg, 1, &status);
-  assert_non_null(fx->w);
-  *state = fx;
-  return 0;
-}
-
-static int teardown(void **state) {
-  struct fx *fx = *state;
-  worker_free(fx->w);
-  free(fx);
-  return 0;
-}
-
-/* ---- a WebSocket client on a plain socket, driven with the worker's loop ---- */
-
-struct client {
-  int fd;
-  char buf[65536];
-  size_t len;
-};
-
-/* Runs the worker's loop until the client has bytes to read or the time is
- * up.  Returns 1 when readable. */
-static int pump_until_readable(struct fx *fx, struct client *cl, int ms) {
-  for (int waited = 0; waited <= ms; waited++) {
-    uv_run(fx->w->loop, UV_RUN_NOWAIT);
-    struct pollfd p = {cl->fd, POLLIN, 0};
-    if (poll(&p, 1, 1) == 1) return 1;
-  }
-  return 0;
-}
-
-static void fill(struct fx *fx, struct client *cl) {
-  assert_true(pump_until_readable(fx, cl, WAIT_MS));
-  ssize_t n = recv(cl->fd, cl->buf + cl->len, sizeof(cl->buf) - cl->len, 0);
-  assert_true(n > 0);
-  cl->len += (size_t)n;
-}
-
-static void consume(struct client *cl, size_t n) {
-  memmove(cl->buf, cl->buf + n, cl->len - n);
-  cl->len -= n;
-}
-
-static struct client *client_open(struct fx *fx) {
-  struct client *cl = calloc(1, sizeof(*cl));
-  assert_non_null(cl);
-  cl->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET,
-                          .sin_port = htons((uint16_t)fx->port),
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  static const char req[] =
-      "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-  assert_int_equal(send(cl->fd, req, sizeof(req) - 1, 0), (ssize_t)(sizeof(req) - 1));
-  char *end;
-  while (!(end = memmem(cl->buf, cl->len, "\r\n\r\n", 4))) fill(fx, cl);
-  assert_memory_equal(cl->buf, "HTTP/1.1 101 ", 13);
-  consume(cl, (size_t)(end + 4 - cl->buf));
-  return cl;
-}
-
-static void client_close(struct client *cl) {
-  close(cl->fd);
-  free(cl);
-}
-
-/* Sends one text message, masked with a zero key (allowed, and the payload
- * stays readable). */
-static void client_send(struct client *cl, const char *text) {
-  size_t n = strlen(text);
-  assert_true(n < 126);
-  uint8_t f[140] = {0x81, (uint8_t)(0x80 | n), 0, 0, 0, 0};
-  memcpy(f + 6, text, n);
-  assert_int_equal(send(cl->fd, f, 6 + n, 0), (ssize_t)(6 + n));
-}
-
-/* Receives the next text message (the server sends unmasked, unfragmented
- * frames here); returns a malloc'ed string. */
-static char *client_recv(struct fx *fx, struct client *cl) {
-  while (cl->len < 2) fill(fx, cl);
-  assert_int_equal(cl->buf[0] & 0xff, 0x81);
-  size_t n = (uint8_t)cl->buf[1], h = 2;
-  if (n == 126) {
-    while (cl->len < 4) fill(fx, cl);
-    n = ((size_t)(uint8_t)cl->buf[2] << 8) | (uint8_t)cl->buf[3];
-    h = 4;
-  }
-  while (cl->len < h + n) fill(fx, cl);
-  char *s = strndup(cl->buf + h, n);
-  consume(cl, h + n);
-  return s;
-}
-
-static void expect(struct fx *fx, struct client *cl, const char *want) {
-  char *got = client_recv(fx, cl);
-  assert_string_equal(got, want);
-  free(got);
-}
+static int setup(void **state) { return wtest_start(state, NULL); }
 
 /* ---- tests ---- */
 
@@ -263,13 +135,14 @@ static void stop_with_publish_pending(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(publish_reaches_every_subscriber_then_acks, setup, teardown),
+      cmocka_unit_test_setup_teardown(publish_reaches_every_subscriber_then_acks, setup,
+                                      wtest_teardown),
       cmocka_unit_test_setup_teardown(publisher_that_subscribes_gets_its_own_message, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(bus_down_refuses_at_once, setup, teardown),
-      cmocka_unit_test_setup_teardown(topics_first_and_last_reach_the_bus, setup, teardown),
-      cmocka_unit_test_setup_teardown(publisher_gone_before_ack, setup, teardown),
-      cmocka_unit_test_setup_teardown(stop_with_publish_pending, setup, teardown),
+                                      wtest_teardown),
+      cmocka_unit_test_setup_teardown(bus_down_refuses_at_once, setup, wtest_teardown),
+      cmocka_unit_test_setup_teardown(topics_first_and_last_reach_the_bus, setup, wtest_teardown),
+      cmocka_unit_test_setup_teardown(publisher_gone_before_ack, setup, wtest_teardown),
+      cmocka_unit_test_setup_teardown(stop_with_publish_pending, setup, wtest_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
