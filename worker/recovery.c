@@ -416,27 +416,20 @@ static int describe(const struct resume *r, const struct bus_history *h, char ex
 }
 
 /* The answer for a subscription that was already live: a reply, nothing else. */
-static void on_existing_read(struct resume *r, int err, const struct bus_history *h) {
+static void reply_existing(struct resume *r, int err, const struct bus_history *h) {
   struct conn *c = r->c;
-  if (ws_can_send(c)) {
-    char extra[EXTRA_MAX];
-    if (err != BUS_OK)
-      proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
-    else {
-      describe(r, h, extra);
-      proto_reply_status_ext(&ws_proto_ops, c, "subscribed", r->topic, r->tlen, extra, r->id_json);
-    }
+  if (!ws_can_send(c)) return;
+  if (err != BUS_OK) {
+    proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
+    return;
   }
-  conn_unref(c);
-  free(r->id_json);
-  free(r);
+  char extra[EXTRA_MAX];
+  describe(r, h, extra);
+  proto_reply_status_ext(&ws_proto_ops, c, "subscribed", r->topic, r->tlen, extra, r->id_json);
 }
 
 static void on_subscribe_read(struct resume *r, int err, const struct bus_history *h) {
-  if (r->existing) {
-    on_existing_read(r, err, h);
-    return;
-  }
+  if (r->existing) reply_existing(r, err, h);
   struct conn *c = r->c;
   struct sub *s = r->s;
   if (s) { /* detach first: the subscription may outlive this answer */
@@ -446,10 +439,10 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
   if (s && ws_can_send(c)) {
     struct topic *t = s->topic;
     if (err != BUS_OK || r->held_bytes > c->w->cfg->max_queued_bytes) {
-      drop_frames(r);
       int overflow = err == BUS_OK;
       if (topics_unsubscribe(&c->w->topics, &c->subs, r->topic, r->tlen)) c->nsubs--;
-      if (overflow) ws_close(c, 1013, "too much arrived while the history was read");
+      if (overflow)
+        ws_close(c, CLOSE_TRY_AGAIN_LATER, "too much arrived while the history was read");
       else proto_reply_error(&ws_proto_ops, c, PROTO_EBUS, r->topic, r->tlen, r->id_json);
     } else {
       char extra[EXTRA_MAX];
@@ -473,7 +466,6 @@ static void on_subscribe_read(struct resume *r, int err, const struct bus_histor
       for (struct held_frame *hf = r->frames; hf; hf = hf->next)
         if (!hf->offset || strcmp(hf->epoch, h->epoch) != 0 || hf->offset > s->seen)
           send_frame_to(c, s, hf->f, hf->offset);
-      drop_frames(r);
       struct topic_hist *th = t->ext;
       if (th && !th->epoch[0] && !th->reading && h->epoch[0]) {
         memcpy(th->epoch, h->epoch, sizeof(th->epoch));

@@ -12,7 +12,6 @@
 
 #define HARD_LIMIT_FACTOR 4
 #define HARD_LIMIT_EXTRA (1u << 20)
-#define CLOSE_TRY_AGAIN_LATER 1013
 
 int slow_skip(struct conn *c) {
   if (c->q.bytes < c->w->cfg->max_queued_bytes) return 0;

@@ -81,6 +81,8 @@ void worker_free(struct worker *w);
  * master). */
 #define CLOSE_GOING_AWAY 1001
 #define CLOSE_SERVICE_RESTART 1012
+/* ...and of a connection closed for falling behind: come back later */
+#define CLOSE_TRY_AGAIN_LATER 1013
 
 /* Begins the graceful shutdown: no new connections; open ones get a close
  * with code, spread over --drain-window; whatever is left after
