@@ -129,6 +129,12 @@ bin/unit/test_recovery: build/san/tests/unit/test_recovery.o build/san/tests/uni
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
+# test_control: control orders and counts on the local bus
+bin/unit/test_control: build/san/tests/unit/test_control.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
+                       $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
+	@mkdir -p bin/unit
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
+
 # test_history_lib renders the Redis function library from the embedded template
 bin/unit/test_history_lib: build/san/tests/unit/test_history_lib.o build/san/redis/history_lib.o \
                            build/san/build/gen/redis/history.lua.o
