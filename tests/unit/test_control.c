@@ -32,8 +32,9 @@ static struct client *open_as(struct fx *fx, const char *sub) {
   jwt_t *j = NULL;
   assert_int_equal(jwt_new(&j), 0);
   assert_int_equal(jwt_add_grant(j, "sub", sub), 0);
-  assert_int_equal(jwt_add_grants_json(j, "{\"subscribe\":[\"news\",\"other\",\"x\",\"y\"],"
-                                          "\"publish\":[\"news\",\"other\"]}"),
+  assert_int_equal(jwt_add_grants_json(j,
+                                       "{\"subscribe\":[\"news\",\"other\",\"x\",\"y\"],"
+                                       "\"publish\":[\"news\",\"other\"]}"),
                    0);
   assert_int_equal(jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)SECRET, strlen(SECRET)), 0);
   char *tok = jwt_encode_str(j);
@@ -177,8 +178,13 @@ static void stop_with_a_count_waiting(void **state) {
 static void a_message_not_understood_is_dropped(void **state) {
   struct fx *fx = *state;
   struct client *a = open_as(fx, "alice");
-  const char *bad[] = {"", "not json", "[]", "{\"op\":5}", "{\"op\":\"nope\"}",
-                       "{\"op\":\"disconnect\"}", "{\"op\":\"disconnect\",\"sub\":1}",
+  const char *bad[] = {"",
+                       "not json",
+                       "[]",
+                       "{\"op\":5}",
+                       "{\"op\":\"nope\"}",
+                       "{\"op\":\"disconnect\"}",
+                       "{\"op\":\"disconnect\",\"sub\":1}",
                        "{\"op\":\"disconnect\",\"sub\":\"alice\",\"topic\":\"..\"}",
                        "{\"op\":\"counts\",\"rid\":99,\"topics\":[[\"x\",1]]}",
                        "{\"op\":\"count\",\"host\":\"elsewhere\",\"to\":\"local\",\"rid\":1}"};

@@ -106,7 +106,9 @@ static void consume(struct client *cl, size_t n) {
   cl->len -= n;
 }
 
-struct client *client_open(struct fx *fx) { return client_open_path(fx, "/"); }
+struct client *client_open(struct fx *fx) {
+  return client_open_path(fx, "/");
+}
 
 struct client *client_open_path(struct fx *fx, const char *target) {
   struct client *cl = calloc(1, sizeof(*cl));
@@ -117,10 +119,11 @@ struct client *client_open_path(struct fx *fx, const char *target) {
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
   char req[2048];
-  int n = snprintf(req, sizeof(req),
-                   "GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                   target);
+  int n =
+      snprintf(req, sizeof(req),
+               "GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+               target);
   assert_true(n > 0 && (size_t)n < sizeof(req));
   assert_int_equal(send(cl->fd, req, (size_t)n, 0), (ssize_t)n);
   char *end;
