@@ -46,7 +46,7 @@ REL_DIR   := build/rel
 REL_FLAGS := $(CFLAGS) -DNDEBUG
 endif
 
-COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
+COMMON_SRC := common/backoff.c common/shard.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
               common/redisaddr.c common/shm.c common/http.c common/frame.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
