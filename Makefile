@@ -52,12 +52,15 @@ WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
               worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c \
               worker/recovery.c
-# GET /tidings.js: the JavaScript client of clients/js/, embedded
-WORKER_SRC += worker/clientjs.c build/gen/clients/js/tidings.js.c
 BUS_SRC    := redis/bridge.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
+# GET /tidings.js: worker/clientjs.c and the JavaScript client of clients/js/
+# it serves, embedded; the handshake (so every whole worker) needs them
+CLIENTJS_SRC := worker/clientjs.c build/gen/clients/js/tidings.js.c
+WORKER_SRC   += $(CLIENTJS_SRC)
+SERVER_SRC   += $(CLIENTJS_SRC)
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
