@@ -319,7 +319,8 @@ export class Tidings extends Emitter {
     const r = this.#topics.get(sub.topic);
     if (!r || !r.subs.delete(sub) || r.subs.size) return;
     this.#topics.delete(sub.topic);
-    if (this.#open && r.live) this.#request({ type: 'unsubscribe', topic: sub.topic }, () => {});
+    // also when its subscribe is still unanswered: the server answers in order
+    if (this.#open) this.#request({ type: 'unsubscribe', topic: sub.topic }, () => {});
   }
 }
 

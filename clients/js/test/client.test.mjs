@@ -24,12 +24,20 @@ test('publish resolves with the offset, or undefined without history', async (t)
   const s = await server(t, { args: ['--history-size', '100', '--history-topics', 'h.*'] });
   const c = client(t, s.url);
   const got = [];
-  await subscribed(c, 'h.a', (p, meta) => got.push([p, meta.offset, meta.topic]));
+  const [sub] = await subscribed(c, 'h.a', (p, meta) => got.push([p, meta.offset, meta.topic]));
   assert.equal(await c.publish('h.a', { n: 1 }), 1);
   assert.equal(await c.publish('h.a', 'two'), 2);
   assert.equal(await c.publish('plain', 3), undefined);
   await waitFor('two notifications', () => got.length === 2);
   assert.deepEqual(got, [[{ n: 1 }, 1, 'h.a'], ['two', 2, 'h.a']]);
+  // unsubscribed: a witness on another connection gets the next message, it does not
+  const witness = client(t, s.url);
+  const seen = [];
+  await subscribed(witness, 'h.a', (p) => seen.push(p));
+  sub.unsubscribe();
+  await c.publish('h.a', 'three');
+  await waitFor('the witness to get it', () => seen.includes('three'));
+  assert.equal(got.length, 2);
 });
 
 test('errors carry the server code: forbidden, invalid_topic', async (t) => {
