@@ -95,6 +95,8 @@ static const struct opt opts[] = {
      "address of the admin listener (/metrics, /healthz, /readyz, /status); off = none"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
+    {"no-client-js", OPT_BOOL, OFF(no_client_js), 0, 1, "0",
+     "do not serve the JavaScript client at GET /tidings.js on the public port (404)"},
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))

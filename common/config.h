@@ -57,6 +57,7 @@ struct config {
   int history_ttl;              /* seconds a topic's history lives after its last publish */
   const char *history_topics;   /* comma-separated patterns of topics with history */
   int drain_window;             /* seconds over which a drain closes clients */
+  int no_client_js;             /* bool: no GET /tidings.js on the public port */
   int help;
   int version;
 };
