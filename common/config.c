@@ -49,6 +49,9 @@ static const struct opt opts[] = {
      "redis://[[user]:password@]host[:port][/db] (e.g. redis://user:password@10.0.0.5:6379/0; "
      "port 6379, db 0, host may be [IPv6]) or unix:/path; several, comma-separated, spread the "
      "topics over them (tidings shard TOPIC says where one lives); empty = embedded redis-server"},
+    {"redis-cluster", OPT_STR, OFF(redis_cluster), 0, 0, "",
+     "seed nodes of a Redis Cluster (host:port,... or redis://[[user]:password@]host:port,...): "
+     "topics go to the masters of their slots with sharded Pub/Sub; instead of --redis"},
     {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
      "prefix of the Redis channel of every topic"},
     {"history-size", OPT_INT, OFF(history_size), 0, 1000000, "0",
@@ -214,6 +217,10 @@ static int check(struct config *cfg, char *err, size_t errlen) {
   if (cfg->drain_window > cfg->shutdown_grace) cfg->drain_window = cfg->shutdown_grace;
   struct shard_url urls[SHARDS_MAX];
   if (cfg->redis[0] && shard_split(cfg->redis, urls, err, errlen) < 0) return -1;
+  if (cfg->redis[0] && cfg->redis_cluster[0]) {
+    snprintf(err, errlen, "give --redis or --redis-cluster, not both");
+    return -1;
+  }
   if (strchr(cfg->redis_prefix, '{') || strchr(cfg->redis_prefix, '}')) {
     snprintf(err, errlen,
              "--redis-prefix must not contain '{' or '}' (they make Redis Cluster hash tags)");
@@ -304,6 +311,7 @@ void config_log(const struct config *c) {
   struct shard_url urls[SHARDS_MAX];
   char err[256];
   int n = c->redis[0] ? shard_split(c->redis, urls, err, sizeof(err)) : 0;
+  if (c->redis_cluster[0]) snprintf(where, sizeof(where), "a Redis Cluster");
   size_t len = 0;
   for (int i = 0; i < n && len < sizeof(where); i++) {
     struct redis_addr ra;

@@ -34,6 +34,7 @@ struct config {
   int handshake_timeout;  /* seconds */
   const char *redis;      /* "" = embedded redis-server */
   const char *redis_prefix;
+  const char *redis_cluster;   /* seed nodes of a Redis Cluster, or "" */
   int proxy_protocol;          /* bool */
   const char *allowed_origins; /* comma-separated; "" = every origin */
   int require_origin;          /* bool: refuse handshakes without Origin */

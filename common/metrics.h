@@ -68,9 +68,10 @@ static inline void metric_add(struct metrics *m, enum metric_counter k, uint64_t
 static inline void metric_gauge(struct metrics *m, enum metric_gauge k, int64_t v) {
   __atomic_store_n(&m->g[k], v, __ATOMIC_RELAXED);
 }
+/* up: 1 ready, 0 down, -1 not in use (a retired Redis Cluster master). */
 static inline void metric_shard(struct metrics *m, unsigned shard, int up) {
   if (shard < METRIC_SHARDS)
-    __atomic_store_n(&m->shard_up[shard], (uint8_t)(up != 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->shard_up[shard], (uint8_t)(up < 0 ? 0 : up ? 2 : 1), __ATOMIC_RELAXED);
 }
 static inline void metric_latency(struct metrics *m, uint64_t us, uint64_t n) {
   int b = 0;

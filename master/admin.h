@@ -39,6 +39,7 @@ struct admin_view {
   int row[ADMIN_MAX_SLOTS];                 /* current row of each slot */
   int pid[ADMIN_MAX_SLOTS];                 /* 0 when the slot has no running worker */
   int nshards;                              /* Redis servers of --redis (1: the embedded one) */
+  int cluster;                              /* --redis-cluster: shards are masters, used or not */
   char shard[SHARDS_MAX][ADMIN_SHARD_NAME]; /* each as host:port/db, without credentials */
 };
 

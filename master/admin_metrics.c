@@ -127,12 +127,18 @@ static const struct {
 
 /* ---- shards ---- */
 
-void admin_view_shards(struct admin_view *v, const char *redis) {
+void admin_view_shards(struct admin_view *v, const char *redis, int cluster) {
   struct shard_url urls[SHARDS_MAX];
   char err[256];
   int n = redis[0] ? shard_split(redis, urls, err, sizeof(err)) : 0;
   v->nshards = n > 0 ? n : 1;
+  v->cluster = cluster;
   snprintf(v->shard[0], sizeof(v->shard[0]), "embedded");
+  if (cluster) { /* the masters come and go: each worker says which it uses */
+    v->nshards = SHARDS_MAX;
+    for (int i = 0; i < SHARDS_MAX; i++) snprintf(v->shard[i], sizeof(v->shard[i]), "cluster");
+    return;
+  }
   for (int i = 0; i < n; i++) {
     struct redis_addr ra;
     char one[1024];
@@ -142,9 +148,23 @@ void admin_view_shards(struct admin_view *v, const char *redis) {
   }
 }
 
+/* 0 not in use, 1 down, 2 ready (metric_shard) */
+static int shard_state(const struct admin_view *v, int slot, int shard) {
+  return v->pid[slot]
+             ? __atomic_load_n(&v->shm->rows[v->row[slot]].m.shard_up[shard], __ATOMIC_RELAXED)
+             : !v->cluster; /* a worker that is not there has its shards down */
+}
+
 static int shard_up(const struct admin_view *v, int slot, int shard) {
-  return v->pid[slot] &&
-         __atomic_load_n(&v->shm->rows[v->row[slot]].m.shard_up[shard], __ATOMIC_RELAXED);
+  return shard_state(v, slot, shard) == 2;
+}
+
+/* A shard any worker uses (with --redis, every one). */
+static int shard_used(const struct admin_view *v, int shard) {
+  if (!v->cluster) return 1;
+  for (int i = 0; i < v->nslots; i++)
+    if (shard_state(v, i, shard)) return 1;
+  return 0;
 }
 
 int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
@@ -167,8 +187,9 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
             "# TYPE tidings_redis_shard_up gauge\n");
   for (int i = 0; i < v->nslots; i++)
     for (int k = 0; k < v->nshards; k++)
-      sb_printf(&s, "tidings_redis_shard_up{worker=\"%d\",shard=\"%d\",server=\"%s\"} %d\n", i + 1,
-                k, v->shard[k], shard_up(v, i, k));
+      if (shard_used(v, k))
+        sb_printf(&s, "tidings_redis_shard_up{worker=\"%d\",shard=\"%d\",server=\"%s\"} %d\n",
+                  i + 1, k, v->shard[k], shard_up(v, i, k));
   sb_printf(&s,
             "# HELP tidings_topics Topics with local subscribers.\n"
             "# TYPE tidings_topics gauge\n");
@@ -237,7 +258,11 @@ int admin_metrics_snapshot(const struct admin_view *v, char **json, size_t *len)
   clock_gettime(CLOCK_REALTIME, &ts); /* cannot fail for CLOCK_REALTIME */
   sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"shards\":[", ts.tv_sec + ts.tv_nsec / 1e9,
             (unsigned long long)restarts(v));
-  for (int k = 0; k < v->nshards; k++) sb_printf(&s, "%s\"%s\"", k ? "," : "", v->shard[k]);
+  for (int k = 0, first = 1; k < v->nshards; k++)
+    if (shard_used(v, k)) {
+      sb_printf(&s, "%s\"%s\"", first ? "" : ",", v->shard[k]);
+      first = 0;
+    }
   sb_printf(&s, "],\"workers\":[");
   for (int i = 0; i < v->nslots; i++) {
     sb_printf(&s,
@@ -256,7 +281,11 @@ int admin_metrics_snapshot(const struct admin_view *v, char **json, size_t *len)
               (unsigned long long)slot_counter(v, i, M_SLOW_DROPPED),
               (unsigned long long)slot_counter(v, i, M_RATE_LIMITED));
     sb_printf(&s, ",\"shards_up\":["); /* one 0/1 per shard */
-    for (int k = 0; k < v->nshards; k++) sb_printf(&s, "%s%d", k ? "," : "", shard_up(v, i, k));
+    for (int k = 0, first = 1; k < v->nshards; k++)
+      if (shard_used(v, k)) {
+        sb_printf(&s, "%s%d", first ? "" : ",", shard_up(v, i, k));
+        first = 0;
+      }
     sb_printf(&s, "]}");
   }
   sb_printf(&s, "]}");
@@ -290,7 +319,7 @@ bool admin_metrics_ready(const struct admin_view *v, char *why, size_t n) {
   size_t len = (size_t)snprintf(why, n, "ready\n");
   for (int k = 0; k < v->nshards && len < n; k++)
     for (int i = 0; i < v->nslots; i++)
-      if (!shard_up(v, i, k)) {
+      if (shard_state(v, i, k) == 1) {
         len += (size_t)snprintf(why + len, n - len, "degraded: Redis shard %d (%s) is down\n", k,
                                 v->shard[k]);
         break;

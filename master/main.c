@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
   if (wid && *wid) return worker_main(&cfg, atoi(wid));
 
   const char *redis_server = NULL;
-  if (!cfg.redis[0] && !(redis_server = embedded_redis_find())) {
+  if (!cfg.redis[0] && !cfg.redis_cluster[0] && !(redis_server = embedded_redis_find())) {
     fprintf(stderr,
             "tidings: redis-server not found: install Debian's redis-server package "
             "(apt-get install redis-server) or pass --redis redis://host:port\n");

@@ -385,7 +385,7 @@ static int setup(struct master *m, const char *redis_server, int *status) {
   }
   m->view.shm = m->shm;
   m->view.nslots = m->nslots;
-  admin_view_shards(&m->view, m->cfg->redis);
+  admin_view_shards(&m->view, m->cfg->redis, m->cfg->redis_cluster[0] != 0);
   m->loop = uv_default_loop();
   if (!m->loop) {
     log_error("loop_failed", "cannot create the event loop");

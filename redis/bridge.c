@@ -52,10 +52,12 @@ struct unsub {
 };
 
 static void rconn_start(struct rconn *rc);
+static void resubscribe_control(struct shard *sh);
+static void bridge_unsubscribe(struct shard *sh, const char *ch, size_t n);
 static void on_retry(uv_timer_t *t);
 
 static void retry_later(struct rconn *rc) {
-  if (rc->sh->b->closing) return;
+  if (rc->sh->b->closing || !rc->sh->active) return;
   uint64_t d = backoff_delay(&reconnect_policy, rc->attempts, (uint32_t)rand());
   rc->attempts++;
   uv_timer_start(&rc->retry, on_retry, d, 0);
@@ -64,7 +66,7 @@ static void retry_later(struct rconn *rc) {
 /* The other connection of the pair came back: Redis is there again, so a
  * connection waiting for its next try goes now. */
 static void retry_now(struct rconn *rc) {
-  if (rc->sh->b->closing || rc->ac || rc->resolving) return;
+  if (rc->sh->b->closing || !rc->sh->active || rc->ac || rc->resolving) return;
   uv_timer_start(&rc->retry, on_retry, 0, 0);
 }
 
@@ -80,7 +82,7 @@ static void free_unsubs(struct shard *sh) {
  * ready (its topics work), and each shard has its own. */
 void bridge_gauge(struct bus *b) {
   for (unsigned i = 0; i < b->nshards; i++)
-    metric_shard(b->env.m, i, bridge_shard_ready(&b->shards[i]));
+    if (b->shards[i].active) metric_shard(b->env.m, i, bridge_shard_ready(&b->shards[i]));
   metric_gauge(b->env.m, G_REDIS_CONNECTED, bus_ready(b));
 }
 
@@ -96,7 +98,66 @@ size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char 
 }
 
 struct shard *bridge_shard(struct bus *b, const char *topic, size_t tlen) {
-  return &b->shards[shard_of(topic, tlen, b->nshards)];
+  if (!b->cluster) return &b->shards[shard_of(topic, tlen, b->nshards)];
+  char ch[CHANNEL_MAX];
+  int i = b->slot_owner[cluster_slot(ch, bridge_channel(b, topic, tlen, ch))];
+  return i >= 0 && b->shards[i].active ? &b->shards[i] : NULL;
+}
+
+/* ---- commands that follow MOVED and ASK (--redis-cluster) ---- */
+
+#define REDIRECT_ARGS 8
+#define REDIRECT_HOPS 2
+
+struct redirect {
+  struct bus *b;
+  redisCallbackFn *fn;
+  void *priv;
+  int argc, hops;
+  const char *argv[REDIRECT_ARGS];
+  size_t lens[REDIRECT_ARGS];
+  char data[]; /* the arguments' bytes */
+};
+
+static void on_redirectable(redisAsyncContext *ac, void *r, void *priv) {
+  struct redirect *rd = priv;
+  redisReply *reply = r;
+  int ask;
+  struct shard *to;
+  if (reply && reply->type == REDIS_REPLY_ERROR && !rd->b->closing && rd->hops < REDIRECT_HOPS &&
+      (to = cluster_redirect(rd->b, reply->str, &ask)) && to->cmd.connected) {
+    rd->hops++;
+    if ((!ask || redisAsyncCommand(to->cmd.ac, NULL, NULL, "ASKING") == REDIS_OK) &&
+        redisAsyncCommandArgv(to->cmd.ac, on_redirectable, rd, rd->argc, rd->argv, rd->lens) ==
+            REDIS_OK)
+      return;
+  }
+  rd->fn(ac, r, rd->priv);
+  free(rd);
+}
+
+int bridge_command(struct shard *sh, redisCallbackFn *fn, void *priv, int argc, const char **argv,
+                   const size_t *lens) {
+  if (!sh->b->cluster) return redisAsyncCommandArgv(sh->cmd.ac, fn, priv, argc, argv, lens);
+  assert(argc <= REDIRECT_ARGS);
+  size_t total = 0;
+  for (int i = 0; i < argc; i++) total += lens[i];
+  struct redirect *rd = malloc(sizeof(*rd) + total);
+  if (!rd) return REDIS_ERR;
+  *rd = (struct redirect){.b = sh->b, .fn = fn, .priv = priv, .argc = argc};
+  char *p = rd->data;
+  for (int i = 0; i < argc; i++) {
+    memcpy(p, argv[i], lens[i]);
+    rd->argv[i] = p;
+    rd->lens[i] = lens[i];
+    p += lens[i];
+  }
+  if (redisAsyncCommandArgv(sh->cmd.ac, on_redirectable, rd, argc, rd->argv, rd->lens) !=
+      REDIS_OK) {
+    free(rd);
+    return REDIS_ERR;
+  }
+  return REDIS_OK;
 }
 
 /* The subscriber connection cannot hold what it should (a command could not
@@ -109,12 +170,33 @@ static void sub_reset(struct shard *sh, const char *what) {
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
 
-static void send_subscribe(struct shard *sh, const char *channel, size_t len) {
-  const char *argv[2] = {"SUBSCRIBE", channel};
-  size_t lens[2] = {9, len};
-  if (redisAsyncCommandArgv(sh->sub.ac, on_sub_reply, sh, 2, argv, lens) != REDIS_OK)
+/* Sends one subscribing command (SUBSCRIBE, SSUBSCRIBE, SUNSUBSCRIBE) for
+ * channels; with count set, its confirmations are counted (history.c).
+ *
+ * With --redis-cluster a topic is subscribed twice: SSUBSCRIBE, which is
+ * what carries its messages, and SUBSCRIBE, which hiredis 0.14 needs to
+ * route them.  hiredis knows nothing of sharded Pub/Sub: it hands a
+ * message in subscribed mode to the callback registered for its channel
+ * name by a SUBSCRIBE (or to a pending command's callback), whatever its
+ * kind, and drops it otherwise.  Every command on this connection has
+ * on_sub_reply as its callback, which reads each reply by its kind, so a
+ * reply handed to another command's callback is still read right.  A
+ * classic PUBLISH on the channel (an outside redis-cli) is heard too. */
+static int sub_command(struct shard *sh, const char *cmd, int n, const char **argv, size_t *lens,
+                       int count) {
+  argv[0] = cmd;
+  lens[0] = strlen(cmd);
+  if (redisAsyncCommandArgv(sh->sub.ac, on_sub_reply, sh, n + 1, argv, lens) != REDIS_OK) return -1;
+  if (count) history_sub_sent(sh, (size_t)n);
+  return 0;
+}
+
+static void bridge_subscribe(struct shard *sh, const char *channel, size_t len) {
+  const char *argv[2] = {NULL, channel};
+  size_t lens[2] = {0, len};
+  if ((sh->b->cluster && sub_command(sh, "SSUBSCRIBE", 1, argv, lens, 1) < 0) ||
+      sub_command(sh, "SUBSCRIBE", 1, argv, lens, 1) < 0)
     sub_reset(sh, "a SUBSCRIBE");
-  else history_sub_sent(sh, 1);
 }
 
 static struct unsub *find_unsub(struct shard *sh, const char *channel, size_t len,
@@ -158,26 +240,39 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
   struct shard *sh = priv;
   redisReply *reply = r;
+  if (reply && reply->type == REDIS_REPLY_ERROR) {
+    /* a subscription refused: with --redis-cluster a MOVED (the map is
+     * stale: it is asked again, and the topic moves with it); it is an
+     * answer all the same */
+    log_warn("redis_subscribe_refused", "Redis %s refused a subscription: %s", sh->where,
+             reply->str);
+    history_sub_confirmed(sh);
+    cluster_refresh_soon(sh->b);
+    return;
+  }
   if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
   redisReply *kind = reply->element[0], *chan = reply->element[1];
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING) return;
-  if (strcmp(kind->str, "message") == 0) {
+  if (strcmp(kind->str, "message") == 0 || strcmp(kind->str, "smessage") == 0) {
     on_message(sh, chan, reply->element[2]);
-  } else if (strcmp(kind->str, "subscribe") == 0) {
+  } else if (strcmp(kind->str, "subscribe") == 0 || strcmp(kind->str, "ssubscribe") == 0) {
     history_sub_confirmed(sh);
+  } else if (strcmp(kind->str, "sunsubscribe") == 0) {
+    /* ours, or the server's when the channel's slot moved to another node */
+    if (!find_unsub(sh, chan->str, (size_t)chan->len, NULL)) cluster_refresh_soon(sh->b);
   } else if (strcmp(kind->str, "unsubscribe") == 0) {
     struct unsub **pp;
     struct unsub *u = find_unsub(sh, chan->str, (size_t)chan->len, &pp);
     if (!u) return;
     *pp = u->next;
-    if (u->resubscribe && sh->sub.connected) send_subscribe(sh, u->channel, u->len);
+    if (u->resubscribe && sh->sub.connected) bridge_subscribe(sh, u->channel, u->len);
     free(u);
   }
 }
 
 void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
   struct shard *sh = bridge_shard(b, topic, tlen);
-  if (!sh->sub.connected) return; /* subscribed on (re)connect */
+  if (!sh || !sh->sub.connected) return; /* subscribed on (re)connect, or with the slot map */
   char ch[CHANNEL_MAX];
   size_t n = bridge_channel(b, topic, tlen, ch);
   struct unsub *u = find_unsub(sh, ch, n, NULL);
@@ -185,14 +280,17 @@ void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
     u->resubscribe = 1;
     return;
   }
-  send_subscribe(sh, ch, n);
+  bridge_subscribe(sh, ch, n);
 }
 
 void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
   struct shard *sh = bridge_shard(b, topic, tlen);
-  if (!sh->sub.connected) return;
+  if (!sh || !sh->sub.connected) return;
   char ch[CHANNEL_MAX];
-  size_t n = bridge_channel(b, topic, tlen, ch);
+  bridge_unsubscribe(sh, ch, bridge_channel(b, topic, tlen, ch));
+}
+
+static void bridge_unsubscribe(struct shard *sh, const char *ch, size_t n) {
   struct unsub *u = find_unsub(sh, ch, n, NULL);
   if (u) {
     u->resubscribe = 0;
@@ -209,8 +307,15 @@ void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
   memcpy(u->channel, ch, n);
   u->next = sh->unsubs;
   sh->unsubs = u;
-  const char *argv[2] = {"UNSUBSCRIBE", ch};
-  size_t lens[2] = {11, n};
+  const char *argv[2] = {NULL, ch};
+  size_t lens[2] = {0, n};
+  if (sh->b->cluster && sub_command(sh, "SUNSUBSCRIBE", 1, argv, lens, 0) < 0) {
+    sub_reset(sh, "an SUNSUBSCRIBE");
+    return;
+  }
+  /* hiredis expects no reply of its own for UNSUBSCRIBE: no callback */
+  argv[0] = "UNSUBSCRIBE";
+  lens[0] = 11;
   if (redisAsyncCommandArgv(sh->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
     sub_reset(sh, "an UNSUBSCRIBE");
 }
@@ -221,20 +326,23 @@ struct resub {
   struct shard *sh;
   int n;
   int failed;
+  int topics_batch; /* the batch holds topics, not control channels */
   size_t topics;
   const char *argv[RESUB_BATCH + 1];
   size_t lens[RESUB_BATCH + 1];
   char names[RESUB_BATCH][CHANNEL_MAX];
 };
 
+/* The batch goes out as one SUBSCRIBE; with --redis-cluster also one
+ * SSUBSCRIBE per channel (a sharded subscription names one slot). */
 static void resub_flush(struct resub *r) {
   if (r->n == 0 || r->failed) return;
-  r->argv[0] = "SUBSCRIBE";
-  r->lens[0] = 9;
-  if (redisAsyncCommandArgv(r->sh->sub.ac, on_sub_reply, r->sh, r->n + 1, r->argv, r->lens) !=
-      REDIS_OK)
-    r->failed = 1;
-  else history_sub_sent(r->sh, (size_t)r->n);
+  for (int i = 1; r->sh->b->cluster && r->topics_batch && i <= r->n && !r->failed; i++) {
+    const char *argv[2] = {NULL, r->argv[i]};
+    size_t lens[2] = {0, r->lens[i]};
+    if (sub_command(r->sh, "SSUBSCRIBE", 1, argv, lens, 1) < 0) r->failed = 1;
+  }
+  if (!r->failed && sub_command(r->sh, "SUBSCRIBE", r->n, r->argv, r->lens, 1) < 0) r->failed = 1;
   r->n = 0;
 }
 
@@ -257,7 +365,24 @@ static void resub_one(void *arg, const char *topic, size_t tlen) {
   if (r->n == RESUB_BATCH) resub_flush(r);
 }
 
-static void resubscribe_all(struct shard *sh) {
+/* Subscribes the control channels on the shard (every shard with --redis;
+ * one with --redis-cluster, which broadcasts classic Pub/Sub to all
+ * nodes). */
+static int subscribe_control(struct resub *r) {
+  struct bus *b = r->sh->b;
+  if (b->cluster) {
+    if (b->ctl_shard >= 0) return 0;
+    b->ctl_shard = (int)r->sh->index;
+  }
+  memcpy(resub_add(r, b->ctl_all_len), b->ctl_all, b->ctl_all_len);
+  memcpy(resub_add(r, b->ctl_to_len), b->ctl_to, b->ctl_to_len);
+  resub_flush(r);
+  return r->failed ? -1 : 0;
+}
+
+/* Subscribes what the shard's subscriber connection should hold: with
+ * control set the control channels too.  Then catches up from history. */
+static void resubscribe(struct shard *sh, int control) {
   struct resub *r = malloc(sizeof(*r));
   if (!r) {
     sub_reset(sh, "the re-subscription");
@@ -267,16 +392,29 @@ static void resubscribe_all(struct shard *sh) {
   r->n = 0;
   r->failed = 0;
   r->topics = 0;
-  /* the control channels first: they are no topic's */
-  memcpy(resub_add(r, sh->b->ctl_all_len), sh->b->ctl_all, sh->b->ctl_all_len);
-  memcpy(resub_add(r, sh->b->ctl_to_len), sh->b->ctl_to, sh->b->ctl_to_len);
-  sh->b->env.host.each_topic(sh->b->env.host.arg, resub_one, r);
-  resub_flush(r);
+  r->topics_batch = 0;
+  if (!control || subscribe_control(r) == 0) {
+    r->topics_batch = 1;
+    sh->b->env.host.each_topic(sh->b->env.host.arg, resub_one, r);
+    resub_flush(r);
+  }
   if (r->failed || history_resync_after(sh) < 0) sub_reset(sh, "the re-subscription");
   else if (r->topics)
-    log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
+    log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis %s", r->topics, sh->where);
   free(r);
 }
+
+static void resubscribe_all(struct shard *sh) { resubscribe(sh, 1); }
+
+/* --redis-cluster: the control channels move to this shard's subscriber. */
+static void resubscribe_control(struct shard *sh) {
+  struct resub *r = calloc(1, sizeof(*r));
+  if (r) r->sh = sh;
+  if (!r || subscribe_control(r) < 0) sub_reset(sh, "the control channels");
+  free(r);
+}
+
+void bridge_resubscribe(struct shard *sh) { resubscribe(sh, 0); }
 
 /* ---- connections ---- */
 
@@ -349,6 +487,7 @@ static void on_ping(redisAsyncContext *ac, void *r, void *priv) {
   set_gauge(rc->sh);
   retry_now(other(rc));
   if (rc == &rc->sh->sub) resubscribe_all(rc->sh);
+  else cluster_cmd_up(rc->sh);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -358,8 +497,16 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   int was = rc->connected;
   rc->connected = 0;
   if (rc == &rc->sh->sub) {
+    struct bus *b = rc->sh->b;
     free_unsubs(rc->sh);
     history_sub_reset(rc->sh);
+    if (b->cluster && b->ctl_shard == (int)rc->sh->index && !b->closing) {
+      /* the control channels go to another node's subscriber */
+      b->ctl_shard = -1;
+      for (unsigned i = 0; i < b->nshards && b->ctl_shard < 0; i++)
+        if (b->shards[i].active && b->shards[i].sub.connected) resubscribe_control(&b->shards[i]);
+    }
+    cluster_refresh_soon(b);
   } else {
     history_cmd_down(rc->sh);
   }
@@ -439,7 +586,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 }
 
 static void rconn_start(struct rconn *rc) {
-  if (rc->sh->b->closing || rc->ac || rc->resolving) return;
+  if (rc->sh->b->closing || !rc->sh->active || rc->ac || rc->resolving) return;
   if (rc->sh->addr.is_unix) {
     attach(rc, redisAsyncConnectUnix(rc->sh->addr.path));
     return;
@@ -462,19 +609,19 @@ static void on_retry(uv_timer_t *t) { rconn_start(t->data); }
 
 /* ---- the bus interface ---- */
 
-/* Sets up shard i for the URL u; returns 0 or -1 (logged). */
-static int shard_init(struct bus *b, unsigned i, struct shard_url u) {
+void bridge_shard_setup(struct bus *b, unsigned i, const struct redis_addr *addr) {
   struct shard *sh = &b->shards[i];
+  int had_timers = sh->timers_open;
+  if (!had_timers) *sh = (struct shard){0};
   sh->b = b;
   sh->index = i;
-  char one[1024], err[256];
-  snprintf(one, sizeof(one), "%.*s", (int)u.n, u.p);
-  if (redis_addr_parse(one, &sh->addr, err, sizeof(err)) < 0) {
-    log_error("redis_config_failed", "%s", err);
-    return -1;
-  }
+  sh->addr = *addr;
+  sh->active = 1;
+  sh->lib_loaded = 0;
+  sh->sub_sent = sh->sub_confirmed = 0;
   redis_addr_describe(&sh->addr, sh->where, sizeof(sh->where));
   history_shard_init(sh);
+  if (had_timers) return; /* a retired shard taken again: its timers are there */
   struct rconn *rcs[2] = {&sh->cmd, &sh->sub};
   const char *names[2] = {"command", "subscriber"};
   for (int k = 0; k < 2; k++) {
@@ -487,15 +634,38 @@ static int shard_init(struct bus *b, unsigned i, struct shard_url u) {
   }
   sh->timers_open = 2;
   b->shards_open++;
-  return 0;
+}
+
+void bridge_shard_start(struct shard *sh) {
+  sh->cmd.attempts = sh->sub.attempts = 0;
+  rconn_start(&sh->cmd);
+  rconn_start(&sh->sub);
+}
+
+void bridge_shard_retire(struct shard *sh) {
+  struct bus *b = sh->b;
+  sh->active = 0;
+  uv_timer_stop(&sh->cmd.retry);
+  uv_timer_stop(&sh->sub.retry);
+  /* pending commands get their callbacks (NULL replies) when these go */
+  if (sh->cmd.ac) redisAsyncDisconnect(sh->cmd.ac);
+  if (sh->sub.ac) redisAsyncDisconnect(sh->sub.ac);
+  history_shard_free(sh);
+  metric_shard(b->env.m, sh->index, -1);
+  if (b->ctl_shard == (int)sh->index) {
+    b->ctl_shard = -1;
+    for (unsigned i = 0; i < b->nshards && b->ctl_shard < 0; i++)
+      if (b->shards[i].active && b->shards[i].sub.connected) resubscribe_control(&b->shards[i]);
+  }
 }
 
 struct bus *bus_new(const struct bus_env *env) {
   struct shard_url urls[SHARDS_MAX];
   char err[256];
-  int n = shard_split(env->cfg->redis, urls, err, sizeof(err));
-  if (n < 1) {
-    log_error("redis_config_failed", "%s", err);
+  int cluster = env->cfg->redis_cluster[0] != 0;
+  int n = cluster ? 0 : shard_split(env->cfg->redis, urls, err, sizeof(err));
+  if (n < 0 || (!cluster && n == 0)) {
+    log_error("redis_config_failed", "%s", n < 0 ? err : "no Redis server given");
     return NULL;
   }
   struct bus *b = calloc(1, sizeof(*b));
@@ -506,43 +676,59 @@ struct bus *bus_new(const struct bus_env *env) {
   b->env = *env;
   b->prefix = env->cfg->redis_prefix;
   b->prefix_len = strlen(b->prefix);
+  b->ctl_shard = -1;
   if (history_init(b) < 0 || control_init(b) < 0) {
     log_error("redis_config_failed", "cannot build the history function library or the inbox");
-    history_free(b);
-    free(b);
+    bus_free(b);
     return NULL;
   }
   for (int i = 0; i < n; i++) {
-    if (shard_init(b, (unsigned)i, urls[i]) < 0) {
+    char one[1024];
+    struct redis_addr a;
+    snprintf(one, sizeof(one), "%.*s", (int)urls[i].n, urls[i].p);
+    if (redis_addr_parse(one, &a, err, sizeof(err)) < 0) { /* shard_split checked it */
+      log_error("redis_config_failed", "%s", err);
       bus_free(b);
       return NULL;
     }
+    bridge_shard_setup(b, (unsigned)i, &a);
     b->nshards++;
   }
-  srand((unsigned)uv_hrtime() ^ (unsigned)env->worker_id);
-  for (unsigned i = 0; i < b->nshards; i++) {
-    rconn_start(&b->shards[i].cmd);
-    rconn_start(&b->shards[i].sub);
+  if (cluster && cluster_init(b) < 0) {
+    bus_free(b);
+    return NULL;
   }
+  srand((unsigned)uv_hrtime() ^ (unsigned)env->worker_id);
+  for (unsigned i = 0; i < b->nshards; i++) bridge_shard_start(&b->shards[i]);
   return b;
+}
+
+void bridge_maybe_free(struct bus *b) {
+  if (b->shards_open == 0 && !b->refresh_open) {
+    free(b->slot_owner);
+    free(b);
+  }
 }
 
 static void on_timer_closed(uv_handle_t *h) {
   struct rconn *rc = h->data;
   struct shard *sh = rc->sh;
   struct bus *b = sh->b;
-  if (--sh->timers_open == 0 && --b->shards_open == 0) free(b);
+  if (--sh->timers_open == 0) {
+    b->shards_open--;
+    bridge_maybe_free(b);
+  }
 }
 
-/* The bus' memory holds every shard's retry timers: it is freed in the last
- * timer's close callback (never from inside a callback of its own), which
- * the worker's loop runs during its teardown. */
+/* The bus' memory holds every shard's retry timers (and the slot map's):
+ * it is freed in the last timer's close callback (never from inside a
+ * callback of its own), which the worker's loop runs during its teardown. */
 void bus_free(struct bus *b) {
   if (!b) return;
   b->closing = 1;
-  if (b->shards_open == 0) { /* no shard got its timers */
-    history_free(b);
-    free(b);
+  history_free(b);
+  if (b->shards_open == 0 && !b->refresh_open) { /* nothing was started */
+    bridge_maybe_free(b);
     return;
   }
   for (unsigned i = 0; i < SHARDS_MAX; i++) {
@@ -558,17 +744,18 @@ void bus_free(struct bus *b) {
     uv_close((uv_handle_t *)&sh->cmd.retry, on_timer_closed);
     uv_close((uv_handle_t *)&sh->sub.retry, on_timer_closed);
   }
-  history_free(b);
+  cluster_free(b);
 }
 
 int bridge_shard_ready(const struct shard *sh) {
-  return sh->cmd.connected && sh->sub.connected && (!sh->b->lib || sh->lib_loaded);
+  return sh->active && sh->cmd.connected && sh->sub.connected && (!sh->b->lib || sh->lib_loaded);
 }
 
 /* Ready while at least one shard is: the others' topics answer
- * bus_unavailable, the rest work (a partial outage stays partial). */
+ * bus_unavailable, the rest work (a partial outage stays partial).  A
+ * cluster is ready once its slot map has come. */
 int bus_ready(const struct bus *b) {
-  if (!b) return 0;
+  if (!b || (b->cluster && !b->have_map)) return 0;
   for (unsigned i = 0; i < b->nshards; i++)
     if (bridge_shard_ready(&b->shards[i])) return 1;
   return 0;
@@ -586,6 +773,7 @@ static const char *shard_reason(const struct shard *sh) {
 const char *bus_not_ready_reason(const struct bus *b) {
   if (!b) return "no Redis bus";
   if (bus_ready(b)) return "ready";
+  if (b->cluster && !b->have_map) return "no Redis Cluster slot map yet";
   if (b->nshards == 1) return shard_reason(&b->shards[0]);
   return "no Redis shard connected";
 }
@@ -607,7 +795,7 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv) {
 int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
                 int keep, void *req) {
   struct shard *sh = bridge_shard(b, topic, tlen);
-  if (!sh->cmd.connected) return BUS_EUNAVAILABLE;
+  if (!sh || !sh->cmd.connected) return BUS_EUNAVAILABLE;
   char ch[CHANNEL_MAX];
   size_t n = bridge_channel(b, topic, tlen, ch);
   if (keep && sh->b->lib) return history_publish(sh, ch, n, payload, plen, req);
@@ -615,9 +803,9 @@ int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *paylo
   if (!p) return BUS_ENOMEM;
   p->sh = sh;
   p->req = req;
-  const char *argv[3] = {"PUBLISH", ch, payload};
-  size_t lens[3] = {7, n, plen};
-  if (redisAsyncCommandArgv(sh->cmd.ac, on_published, p, 3, argv, lens) != REDIS_OK) {
+  const char *argv[3] = {b->cluster ? "SPUBLISH" : "PUBLISH", ch, payload};
+  size_t lens[3] = {b->cluster ? 8u : 7u, n, plen};
+  if (bridge_command(sh, on_published, p, 3, argv, lens) != REDIS_OK) {
     free(p);
     return BUS_EUNAVAILABLE;
   }

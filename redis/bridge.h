@@ -50,6 +50,8 @@ struct shard {
   struct rconn cmd, sub;
   struct unsub *unsubs;
   int timers_open; /* the two retry timers not yet closed */
+  int active;      /* in use: always with --redis; with --redis-cluster, a master
+                      of the slot map (or a seed before the first map) */
   /* history (history.c) */
   int lib_loaded;         /* FUNCTION LOAD succeeded on this command connection */
   uint64_t sub_sent;      /* channels sent in SUBSCRIBE since the subscriber connected */
@@ -66,14 +68,40 @@ struct bus {
   struct shard shards[SHARDS_MAX];
   unsigned shards_open; /* shards whose timers are not yet closed */
   char *lib;            /* the function library's text, or NULL without history */
+  /* Redis Cluster (cluster.c): shards are the masters of the slot map */
+  int cluster;                 /* --redis-cluster */
+  int have_map;                /* a slot map arrived */
+  int16_t *slot_owner;         /* CLUSTER_SLOTS entries: a shard index, or -1 */
+  int ctl_shard;               /* the shard whose subscriber holds the control channels, or -1 */
+  struct redis_addr seed_auth; /* user and password for every node */
+  uv_timer_t refresh;          /* polls the slot map */
+  int refreshing;              /* a CLUSTER SLOTS is out */
+  int refresh_open;            /* the refresh timer is not yet closed */
   /* control messages (control.c) */
   char inbox[BUS_INBOX_LEN + 1];
   char ctl_all[CONTROL_CHANNEL_MAX], ctl_to[CONTROL_CHANNEL_MAX];
   size_t ctl_all_len, ctl_to_len;
 };
 
-/* The shard of a topic. */
+/* The shard of a topic, or NULL (--redis-cluster: no node owns its slot
+ * yet). */
 struct shard *bridge_shard(struct bus *b, const char *topic, size_t tlen);
+/* Queues a command for a topic on the shard's command connection; with
+ * --redis-cluster a MOVED or ASK answer is followed (twice at most) before
+ * fn sees the reply.  Returns REDIS_OK or REDIS_ERR (fn never called). */
+int bridge_command(struct shard *sh, redisCallbackFn *fn, void *priv, int argc, const char **argv,
+                   const size_t *lens);
+/* Starts connecting shard i (after shard_setup). */
+void bridge_shard_start(struct shard *sh);
+/* Sets shard i up for addr (its timers initialised); returns 0. */
+void bridge_shard_setup(struct bus *b, unsigned i, const struct redis_addr *addr);
+/* Frees the bus once every timer is closed. */
+void bridge_maybe_free(struct bus *b);
+/* Subscribes the shard's own topics (after the first slot map). */
+void bridge_resubscribe(struct shard *sh);
+/* Takes a shard out of use: its connections close and are not retried. */
+void bridge_shard_retire(struct shard *sh);
+
 /* 1 when the shard takes publishes and delivers. */
 int bridge_shard_ready(const struct shard *sh);
 /* Writes the worker's Redis gauges after a shard changed state. */
@@ -88,6 +116,24 @@ size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char 
 int control_init(struct bus *b);
 /* 1 when chan is one of this worker's control channels. */
 int control_channel(const struct bus *b, const char *chan, size_t len);
+
+/* ---- cluster.c ---- */
+
+#define CLUSTER_SLOTS 16384
+
+/* The hash slot of a key (or channel): CRC16/XMODEM of its hash tag. */
+unsigned cluster_slot(const char *key, size_t len);
+/* Sets up the bus for --redis-cluster: the seeds as provisional shards and
+ * the map's timer.  Returns 0 or -1 (logged). */
+int cluster_init(struct bus *b);
+void cluster_free(struct bus *b);
+/* Asks for the slot map again soon (a MOVED, a node lost, a slot gone). */
+void cluster_refresh_soon(struct bus *b);
+/* A shard's command connection came up. */
+void cluster_cmd_up(struct shard *sh);
+/* A MOVED or ASK error: where the slot is.  Returns the shard (added when
+ * new) or NULL; *ask is set for ASK. */
+struct shard *cluster_redirect(struct bus *b, const char *err, int *ask);
 
 /* ---- history.c ---- */
 

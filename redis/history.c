@@ -62,7 +62,7 @@ int history_init(struct bus *b) {
   size_t cap = history_lib_source_bound();
   if (!(b->lib = malloc(cap))) return -1;
   if (history_lib_source(b->lib, cap, cfg->redis_prefix, (unsigned)cfg->history_size,
-                         (unsigned)cfg->history_ttl) < 0) {
+                         (unsigned)cfg->history_ttl, cfg->redis_cluster[0] != 0) < 0) {
     free(b->lib);
     b->lib = NULL;
     return -1;
@@ -101,6 +101,8 @@ static void on_loaded(redisAsyncContext *ac, void *r, void *priv) {
   if (!reply) return; /* the connection went: loaded again on the next */
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "LOADING", 7) == 0) return; /* the PING after it drops the connection */
+    /* a Redis Cluster seed that is a replica: the slot map retires it */
+    if (sh->b->cluster && strncmp(reply->str, "READONLY", 8) == 0) return;
     log_error("redis_history_unavailable",
               "Redis at %s refused the history functions (FUNCTION LOAD needs Redis 7): %s",
               sh->where, reply->str);
@@ -175,6 +177,30 @@ static void on_hpublished(redisAsyncContext *ac, void *r, void *priv) {
   free(p);
 }
 
+/* The keys of an FCALL: "1" and the channel; with --redis-cluster "2" and
+ * the keys themselves, {C}:meta and {C}:hist, so that a node whose slot is
+ * migrating sends the call where the keys are (the channel is no key).
+ * Fills argv/lens from index 2; returns how many it filled.  meta and hist
+ * hold the names and must live as long as argv. */
+#define KEY_MAX (CHANNEL_MAX + 8)
+static int fcall_keys(const struct shard *sh, const char *channel, size_t clen, const char **argv,
+                      size_t *lens, char meta[KEY_MAX], char hist[KEY_MAX]) {
+  if (!sh->b->cluster) {
+    argv[2] = "1";
+    lens[2] = 1;
+    argv[3] = channel;
+    lens[3] = clen;
+    return 2;
+  }
+  argv[2] = "2";
+  lens[2] = 1;
+  argv[3] = meta;
+  lens[3] = (size_t)snprintf(meta, KEY_MAX, "{%.*s}:meta", (int)clen, channel);
+  argv[4] = hist;
+  lens[4] = (size_t)snprintf(hist, KEY_MAX, "{%.*s}:hist", (int)clen, channel);
+  return 3;
+}
+
 int history_publish(struct shard *sh, const char *channel, size_t clen, const char *payload,
                     size_t plen, void *req) {
   if (!sh->lib_loaded) return BUS_EUNAVAILABLE;
@@ -185,9 +211,17 @@ int history_publish(struct shard *sh, const char *channel, size_t clen, const ch
   char maxlen[24], ttl[24];
   int ml = snprintf(maxlen, sizeof(maxlen), "%d", sh->b->env.cfg->history_size);
   int tl = snprintf(ttl, sizeof(ttl), "%d", sh->b->env.cfg->history_ttl);
-  const char *argv[7] = {"FCALL", "tidings_publish", "1", channel, payload, maxlen, ttl};
-  size_t lens[7] = {5, 15, 1, clen, plen, (size_t)ml, (size_t)tl};
-  if (redisAsyncCommandArgv(sh->cmd.ac, on_hpublished, p, 7, argv, lens) != REDIS_OK) {
+  const char *argv[8] = {"FCALL", "tidings_publish"};
+  size_t lens[8] = {5, 15};
+  char meta[KEY_MAX], hist[KEY_MAX];
+  int n = 2 + fcall_keys(sh, channel, clen, argv, lens, meta, hist);
+  argv[n] = payload;
+  lens[n++] = plen;
+  argv[n] = maxlen;
+  lens[n++] = (size_t)ml;
+  argv[n] = ttl;
+  lens[n++] = (size_t)tl;
+  if (bridge_command(sh, on_hpublished, p, n, argv, lens) != REDIS_OK) {
     free(p);
     return BUS_EUNAVAILABLE;
   }
@@ -254,9 +288,15 @@ static int send_read(struct hread *r) {
   unsigned long long from = r->since > LUA_UINT_MAX ? LUA_UINT_MAX : (unsigned long long)r->since;
   int sl = snprintf(since, sizeof(since), "%llu", from);
   int ll = snprintf(limit, sizeof(limit), "%zu", r->limit);
-  const char *argv[6] = {"FCALL_RO", "tidings_history", "1", r->channel, since, limit};
-  size_t lens[6] = {8, 15, 1, r->clen, (size_t)sl, (size_t)ll};
-  return redisAsyncCommandArgv(sh->cmd.ac, on_read, r, 6, argv, lens) == REDIS_OK ? 0 : -1;
+  const char *argv[7] = {"FCALL_RO", "tidings_history"};
+  size_t lens[7] = {8, 15};
+  char meta[KEY_MAX], hist[KEY_MAX];
+  int n = 2 + fcall_keys(sh, r->channel, r->clen, argv, lens, meta, hist);
+  argv[n] = since;
+  lens[n++] = (size_t)sl;
+  argv[n] = limit;
+  lens[n++] = (size_t)ll;
+  return bridge_command(sh, on_read, r, n, argv, lens) == REDIS_OK ? 0 : -1;
 }
 
 static int enqueue(struct shard *sh, struct hread *r) {
@@ -273,7 +313,7 @@ static int enqueue(struct shard *sh, struct hread *r) {
 int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit,
                 void *req) {
   struct shard *sh = bridge_shard(b, topic, tlen);
-  if (!b->lib || !sh->cmd.connected || !sh->lib_loaded) return BUS_EUNAVAILABLE;
+  if (!sh || !b->lib || !sh->cmd.connected || !sh->lib_loaded) return BUS_EUNAVAILABLE;
   struct hread *r = malloc(sizeof(*r));
   if (!r) return BUS_ENOMEM;
   r->sh = sh;

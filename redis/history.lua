@@ -16,11 +16,12 @@
 --
 --   FCALL    tidings_publish 1 C payload [maxlen ttl]  -> {offset, epoch}
 --   FCALL_RO tidings_history 1 C since limit
+--   (or 2 {C}:meta {C}:hist instead of 1 C: the keys declared as they are)
 --            -> {epoch or "", top offset or 0, oldest offset held or 0,
 --                offset, payload, offset, payload, ...}  (offsets > since)
 --   FCALL_RO tidings_info 0  -> {"version", 1, "prefix", P, "maxlen", N, "ttl", N}
 --
--- tidings_publish PUBLISHes on C the envelope
+-- tidings_publish PUBLISHes (SPUBLISHes on a Redis Cluster) on C the envelope
 --   "\0tdg1:" <offset in decimal> ":" <epoch> ":" <payload bytes>
 
 -- Baked-in settings.  The prefix is informational (tidings_info): keys and
@@ -29,6 +30,8 @@
 local PREFIX = "__PREFIX__"
 local DEFAULT_MAXLEN = __MAXLEN__
 local DEFAULT_TTL = __TTL__
+-- 'PUBLISH', or 'SPUBLISH' on a Redis Cluster (sharded Pub/Sub)
+local PUBLISH = '__PUBLISH__'
 
 local VERSION = 1
 
@@ -93,9 +96,27 @@ local function restart(meta, hist)
   return epoch
 end
 
+-- The channel and its two keys, from KEYS: the channel alone (1 key: the
+-- simple form, for redis-cli), or the keys {C}:meta and {C}:hist (2 keys:
+-- what a Redis Cluster needs to be told while the slot migrates).
+local function channel_of(keys)
+  if #keys == 1 and keys[1] ~= '' then
+    local meta, hist = keys_of(keys[1])
+    return keys[1], meta, hist
+  end
+  if #keys == 2 then
+    local chan = string.match(keys[1], '^{(.+)}:meta$')
+    if chan and keys[2] == '{' .. chan .. '}:hist' then
+      return chan, keys[1], keys[2]
+    end
+  end
+  return nil
+end
+
 local function publish(keys, args)
-  if #keys ~= 1 or keys[1] == '' then
-    return fail('tidings_publish takes one key: the channel <prefix><topic>')
+  local chan, meta, hist = channel_of(keys)
+  if not chan then
+    return fail('tidings_publish takes one key, the channel <prefix><topic>, or its two keys')
   end
   if #args ~= 1 and #args ~= 3 then
     return fail('usage: FCALL tidings_publish 1 <channel> <payload> [<maxlen> <ttl>]')
@@ -110,8 +131,7 @@ local function publish(keys, args)
       return fail('ttl must be a positive integer (seconds)')
     end
   end
-  local chan, payload = keys[1], args[1]
-  local meta, hist = keys_of(chan)
+  local payload = args[1]
   local maxlen_s, ttl_s = string.format('%d', maxlen), string.format('%d', ttl)
 
   -- No epoch: a new topic, or its history expired, was deleted or evicted,
@@ -135,20 +155,20 @@ local function publish(keys, args)
   end
   redis.call('EXPIRE', meta, ttl_s)
   redis.call('EXPIRE', hist, ttl_s)
-  redis.call('PUBLISH', chan,
+  redis.call(PUBLISH, chan,
              '\0tdg1:' .. string.format('%d', offset) .. ':' .. epoch .. ':' .. payload)
   return {offset, epoch}
 end
 
 local function history(keys, args)
-  if #keys ~= 1 or keys[1] == '' then
-    return fail('tidings_history takes one key: the channel <prefix><topic>')
+  local chan, meta, hist = channel_of(keys)
+  if not chan then
+    return fail('tidings_history takes one key, the channel <prefix><topic>, or its two keys')
   end
   local since, limit = uint(args[1]), uint(args[2])
   if #args ~= 2 or not since or not limit then
     return fail('usage: FCALL_RO tidings_history 1 <channel> <since> <limit>')
   end
-  local meta, hist = keys_of(keys[1])
   local m = redis.call('HMGET', meta, 'e', 'o')
   if not m[1] then
     -- no history (a stream without its meta is from a lost epoch)

@@ -19,8 +19,9 @@
 extern const unsigned char embed_redis_history_lua[];
 extern const size_t embed_redis_history_lua_len;
 
-enum { PH_PREFIX, PH_MAXLEN, PH_TTL, PH_COUNT };
-static const char *const placeholders[PH_COUNT] = {"__PREFIX__", "__MAXLEN__", "__TTL__"};
+enum { PH_PREFIX, PH_MAXLEN, PH_TTL, PH_PUBLISH, PH_COUNT };
+static const char *const placeholders[PH_COUNT] = {"__PREFIX__", "__MAXLEN__", "__TTL__",
+                                                   "__PUBLISH__"};
 
 /* Output that counts everything and stores what fits in out[0..cap). */
 struct sink {
@@ -61,7 +62,7 @@ static void put_uint(struct sink *s, unsigned v) {
 
 /* Renders the template into s; returns 0, or -1 if a placeholder is missing
  * from the template (it would silently keep its default otherwise). */
-static int render(struct sink *s, const char *prefix, unsigned maxlen, unsigned ttl) {
+static int render(struct sink *s, const char *prefix, unsigned maxlen, unsigned ttl, int sharded) {
   const char *t = (const char *)embed_redis_history_lua;
   const char *end = t + embed_redis_history_lua_len;
   int seen[PH_COUNT] = {0};
@@ -80,6 +81,7 @@ static int render(struct sink *s, const char *prefix, unsigned maxlen, unsigned 
     }
     put(s, lit, (size_t)(t - lit));
     if (ph == PH_PREFIX) put_prefix(s, prefix);
+    else if (ph == PH_PUBLISH) put(s, sharded ? "SPUBLISH" : "PUBLISH", sharded ? 8 : 7);
     else put_uint(s, ph == PH_MAXLEN ? maxlen : ttl);
     seen[ph]++;
     t += strlen(placeholders[ph]);
@@ -98,12 +100,12 @@ static int prefix_valid(const char *prefix) {
   return 1;
 }
 
-int history_lib_source(char *out, size_t outlen, const char *prefix, unsigned maxlen,
-                       unsigned ttl) {
+int history_lib_source(char *out, size_t outlen, const char *prefix, unsigned maxlen, unsigned ttl,
+                       int sharded) {
   if (out && outlen) out[0] = '\0';
   if (!out || !prefix || maxlen == 0 || ttl == 0 || !prefix_valid(prefix)) return -1;
   struct sink s = {out, outlen, 0};
-  if (render(&s, prefix, maxlen, ttl) < 0 || s.len >= outlen || s.len > INT_MAX) {
+  if (render(&s, prefix, maxlen, ttl, sharded) < 0 || s.len >= outlen || s.len > INT_MAX) {
     out[0] = '\0';
     return -1;
   }
@@ -117,6 +119,6 @@ size_t history_lib_source_bound(void) {
   memset(worst, '"', HISTORY_LIB_PREFIX_MAX);
   worst[HISTORY_LIB_PREFIX_MAX] = '\0';
   struct sink s = {NULL, 0, 0};
-  render(&s, worst, UINT_MAX, UINT_MAX);
+  render(&s, worst, UINT_MAX, UINT_MAX, 1);
   return s.len + 1;
 }

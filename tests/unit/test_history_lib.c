@@ -20,10 +20,11 @@
 
 /* Renders into a heap block of exactly outlen bytes, so that AddressSanitizer
  * catches any write past it; returns the text (free it) or NULL on -1. */
-static char *render_n(size_t outlen, const char *prefix, unsigned maxlen, unsigned ttl, int *rc) {
+static char *render_n(size_t outlen, const char *prefix, unsigned maxlen, unsigned ttl, int sharded,
+                      int *rc) {
   char *out = malloc(outlen ? outlen : 1);
   assert_non_null(out);
-  *rc = history_lib_source(outlen ? out : NULL, outlen, prefix, maxlen, ttl);
+  *rc = history_lib_source(outlen ? out : NULL, outlen, prefix, maxlen, ttl, sharded);
   if (*rc < 0) {
     if (outlen) assert_string_equal(out, "");
     free(out);
@@ -34,7 +35,7 @@ static char *render_n(size_t outlen, const char *prefix, unsigned maxlen, unsign
 
 static char *render(const char *prefix, unsigned maxlen, unsigned ttl) {
   int rc;
-  char *out = render_n(history_lib_source_bound(), prefix, maxlen, ttl, &rc);
+  char *out = render_n(history_lib_source_bound(), prefix, maxlen, ttl, 0, &rc);
   assert_non_null(out);
   assert_int_equal(rc, (int)strlen(out));
   return out;
@@ -142,17 +143,17 @@ static void test_bad_arguments(void **state) {
   char too_long[HISTORY_LIB_PREFIX_MAX + 2];
   memset(too_long, 'a', HISTORY_LIB_PREFIX_MAX + 1);
   too_long[HISTORY_LIB_PREFIX_MAX + 1] = '\0';
-  assert_int_equal(history_lib_source(buf, sizeof buf, too_long, 100, 60), -1);
+  assert_int_equal(history_lib_source(buf, sizeof buf, too_long, 100, 60, 0), -1);
   assert_string_equal(buf, "");
   too_long[HISTORY_LIB_PREFIX_MAX] = '\0'; /* 64 bytes: fine */
-  assert_true(history_lib_source(buf, sizeof buf, too_long, 100, 60) > 0);
+  assert_true(history_lib_source(buf, sizeof buf, too_long, 100, 60, 0) > 0);
   const char *unprintable[] = {"a\nb", "\r", "\t", "a\x7f", "\x80", "caf\xc3\xa9", "\x1b[0m"};
   for (size_t i = 0; i < sizeof unprintable / sizeof *unprintable; i++)
-    assert_int_equal(history_lib_source(buf, sizeof buf, unprintable[i], 100, 60), -1);
-  assert_int_equal(history_lib_source(buf, sizeof buf, "p:", 0, 60), -1);
-  assert_int_equal(history_lib_source(buf, sizeof buf, "p:", 100, 0), -1);
-  assert_int_equal(history_lib_source(buf, sizeof buf, NULL, 100, 60), -1);
-  assert_int_equal(history_lib_source(NULL, sizeof buf, "p:", 100, 60), -1);
+    assert_int_equal(history_lib_source(buf, sizeof buf, unprintable[i], 100, 60, 0), -1);
+  assert_int_equal(history_lib_source(buf, sizeof buf, "p:", 0, 60, 0), -1);
+  assert_int_equal(history_lib_source(buf, sizeof buf, "p:", 100, 0, 0), -1);
+  assert_int_equal(history_lib_source(buf, sizeof buf, NULL, 100, 60, 0), -1);
+  assert_int_equal(history_lib_source(NULL, sizeof buf, "p:", 100, 60, 0), -1);
 }
 
 static void test_too_small(void **state) {
@@ -162,10 +163,10 @@ static void test_too_small(void **state) {
   size_t len = strlen(full);
   /* every size short of len + 1 fails without writing past it */
   for (size_t outlen = 0; outlen <= len; outlen++) {
-    assert_null(render_n(outlen, "pre\"fix:", 1000, 3600, &rc));
+    assert_null(render_n(outlen, "pre\"fix:", 1000, 3600, 0, &rc));
     assert_int_equal(rc, -1);
   }
-  char *exact = render_n(len + 1, "pre\"fix:", 1000, 3600, &rc);
+  char *exact = render_n(len + 1, "pre\"fix:", 1000, 3600, 0, &rc);
   assert_non_null(exact);
   assert_int_equal(rc, (int)len);
   assert_string_equal(exact, full);
@@ -179,9 +180,14 @@ static void test_bound_suffices(void **state) {
   memset(worst, '\\', HISTORY_LIB_PREFIX_MAX);
   worst[HISTORY_LIB_PREFIX_MAX] = '\0';
   int rc;
-  char *src = render_n(history_lib_source_bound(), worst, UINT_MAX, UINT_MAX, &rc);
+  /* the longest: every prefix byte escaped, the widest numbers, SPUBLISH */
+  char *src = render_n(history_lib_source_bound(), worst, UINT_MAX, UINT_MAX, 1, &rc);
   assert_non_null(src);
   assert_int_equal((size_t)rc + 1, history_lib_source_bound());
+  assert_non_null(strstr(src, "local PUBLISH = 'SPUBLISH'"));
+  free(src);
+  src = render_n(history_lib_source_bound(), "p:", 10, 10, 0, &rc);
+  assert_non_null(strstr(src, "local PUBLISH = 'PUBLISH'"));
   free(src);
 }
 
@@ -190,7 +196,7 @@ static int print_library(const char *prefix, const char *maxlen, const char *ttl
   char *out = malloc(cap);
   if (!out) return 1;
   int n = history_lib_source(out, cap, prefix, (unsigned)strtoul(maxlen, NULL, 10),
-                             (unsigned)strtoul(ttl, NULL, 10));
+                             (unsigned)strtoul(ttl, NULL, 10), 0);
   int rc = n < 0 || fwrite(out, 1, (size_t)n, stdout) != (size_t)n || fflush(stdout) != 0;
   if (n < 0) fprintf(stderr, "history_lib_source failed\n");
   free(out);
