@@ -373,7 +373,8 @@ long http_chunked_decode(struct http_chunked *st, const char *src, size_t len, c
       case CH_DATA: {
         size_t take = len - i;
         if ((unsigned long long)take > st->left) take = (size_t)st->left;
-        if (take > dcap - *dlen) return HTTP_ETOOLARGE;
+        if (take > dcap - *dlen) take = dcap - *dlen;
+        if (take == 0) return (long)i; /* dst is full */
         if (dst) memcpy(dst + *dlen, src + i, take);
         *dlen += take;
         st->left -= take;

@@ -124,12 +124,11 @@ struct http_chunked {
 
 /* Consumes src[0..len) up to the end of the body and appends the data
  * bytes to dst (*dlen bytes there already, dcap in all; dst may be NULL to
- * discard the data, then only *dlen counts).  Returns the number of bytes
- * of src consumed (< len only when the body ended: st->done is then set
- * and the rest belongs to the next request), HTTP_EMALFORMED, or
- * HTTP_ETOOLARGE when the data would pass dcap (nothing after that point
- * is decoded; the connection cannot be reused). */
-#define HTTP_ETOOLARGE (-4)
+ * discard the data, then only *dlen counts, up to dcap).  Returns the
+ * number of bytes of src consumed, or HTTP_EMALFORMED.  Fewer than len
+ * are consumed when the body ended (st->done is then set and the rest
+ * belongs to the next request) or when dst is full (*dlen == dcap and
+ * data remains: make room and call again with the rest, or give up). */
 long http_chunked_decode(struct http_chunked *st, const char *src, size_t len, char *dst,
                          size_t *dlen, size_t dcap);
 
