@@ -51,8 +51,8 @@ COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
               worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c \
-              worker/recovery.c worker/api.c
-BUS_SRC    := redis/bridge.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
+              worker/recovery.c worker/control.c worker/api.c
+BUS_SRC    := redis/bridge.c redis/control.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
@@ -126,6 +126,12 @@ bin/unit/test_bus: build/san/tests/unit/test_bus.o build/san/tests/unit/wtest.o 
 # test_recovery: the same, with history kept by the local bus in memory
 bin/unit/test_recovery: build/san/tests/unit/test_recovery.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
                         $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
+	@mkdir -p bin/unit
+	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
+
+# test_control: control orders and counts on the local bus
+bin/unit/test_control: build/san/tests/unit/test_control.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
+                       $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 

@@ -124,6 +124,10 @@ static void on_message(struct bus *b, const redisReply *chan, const redisReply *
              (size_t)msg->len, (int)chan->len, chan->str);
     return;
   }
+  if (control_channel(b, chan->str, (size_t)chan->len)) {
+    b->env.host.control(b->env.host.arg, msg->str, (size_t)msg->len);
+    return;
+  }
   struct bus_pos pos;
   const char *payload = msg->str;
   size_t plen = (size_t)msg->len;
@@ -219,13 +223,19 @@ static void resub_flush(struct resub *r) {
   r->n = 0;
 }
 
-static void resub_one(void *arg, const char *topic, size_t tlen) {
-  struct resub *r = arg;
-  if (r->failed) return;
+/* Adds a channel to the batch; returns where its name goes. */
+static char *resub_add(struct resub *r, size_t len) {
   char *ch = r->names[r->n];
   r->n++;
   r->argv[r->n] = ch;
-  r->lens[r->n] = bridge_channel(r->b, topic, tlen, ch);
+  r->lens[r->n] = len;
+  return ch;
+}
+
+static void resub_one(void *arg, const char *topic, size_t tlen) {
+  struct resub *r = arg;
+  if (r->failed) return;
+  bridge_channel(r->b, topic, tlen, resub_add(r, r->b->prefix_len + tlen));
   r->topics++;
   if (r->n == RESUB_BATCH) resub_flush(r);
 }
@@ -240,6 +250,9 @@ static void resubscribe_all(struct bus *b) {
   r->n = 0;
   r->failed = 0;
   r->topics = 0;
+  /* the control channels first: they are no topic's */
+  memcpy(resub_add(r, b->ctl_all_len), b->ctl_all, b->ctl_all_len);
+  memcpy(resub_add(r, b->ctl_to_len), b->ctl_to, b->ctl_to_len);
   b->env.host.each_topic(b->env.host.arg, resub_one, r);
   resub_flush(r);
   if (r->failed || history_resync_after(b) < 0) sub_reset(b, "the re-subscription");
@@ -452,6 +465,12 @@ struct bus *bus_new(const struct bus_env *env) {
   }
   b->prefix = env->cfg->redis_prefix;
   b->prefix_len = strlen(b->prefix);
+  if (control_init(b) < 0) {
+    log_error("redis_config_failed", "cannot draw the worker's inbox name");
+    history_free(b);
+    free(b);
+    return NULL;
+  }
   struct rconn *rcs[2] = {&b->cmd, &b->sub};
   const char *names[2] = {"command", "subscriber"};
   for (int i = 0; i < 2; i++) {

@@ -16,6 +16,9 @@
 #include "../worker/bus.h"
 
 #define CHANNEL_MAX (REDIS_PREFIX_MAX_LEN + TOPIC_MAX_LEN)
+#define BUS_INBOX_LEN 16 /* hex digits */
+/* <prefix>.tidings.to.<inbox> */
+#define CONTROL_CHANNEL_MAX (REDIS_PREFIX_MAX_LEN + 12 + BUS_INBOX_LEN + 1)
 
 struct rconn {
   struct bus *b;
@@ -46,10 +49,21 @@ struct bus {
   uint64_t sub_sent;      /* channels sent in SUBSCRIBE since the subscriber connected */
   uint64_t sub_confirmed; /* their confirmations received */
   struct read_wait *waits, **waits_tail; /* history reads waiting for them */
+  /* control messages (control.c) */
+  char inbox[BUS_INBOX_LEN + 1];
+  char ctl_all[CONTROL_CHANNEL_MAX], ctl_to[CONTROL_CHANNEL_MAX];
+  size_t ctl_all_len, ctl_to_len;
 };
 
 /* <prefix><topic> into out[CHANNEL_MAX]; returns its length. */
 size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char *out);
+
+/* ---- control.c ---- */
+
+/* Draws the inbox and names the two control channels.  Returns 0 or -1. */
+int control_init(struct bus *b);
+/* 1 when chan is one of this worker's control channels. */
+int control_channel(const struct bus *b, const char *chan, size_t len);
 
 /* ---- history.c ---- */
 

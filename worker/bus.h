@@ -12,9 +12,14 @@
  * Both directions, all on the worker's loop (single-threaded):
  *
  *   worker -> bus      bus_publish, bus_history, bus_topic_first,
- *                      bus_topic_last, bus_ready, bus_not_ready_reason
+ *                      bus_topic_last, bus_ready, bus_not_ready_reason,
+ *                      bus_control, bus_inbox, bus_channels
  *   bus -> worker      struct bus_host: deliver, published, history,
- *                      each_topic, resynced
+ *                      each_topic, resynced, control, channels
+ *
+ * Besides topics, the bus carries control messages between workers (of
+ * every host on the same bus): orders for all of them, and answers to one
+ * worker's inbox.  The bus does not read them.
  *
  * Memory: every pointer passed in either direction is borrowed for the
  * length of the call; whoever keeps bytes copies them.  The bus_env (and the
@@ -55,6 +60,12 @@ struct bus_history {
   uint64_t first;    /* the oldest offset still held, 0 when none */
   size_t count;
   const struct bus_msg *msgs; /* the messages after `since`, oldest first */
+};
+
+/* A topic name in a list (not NUL-terminated). */
+struct bus_name {
+  const char *p;
+  size_t n;
 };
 
 /* What a publish can fail with. */
@@ -99,6 +110,16 @@ struct bus_host {
    * subscribed again): messages published meanwhile reached no one here,
    * and the worker may catch up from history. */
   void (*resynced)(void *arg);
+
+  /* A control message arrived: one sent with bus_control() to every
+   * worker, or to this worker's inbox. */
+  void (*control)(void *arg, const char *msg, size_t len);
+
+  /* The answer to bus_channels(): err is BUS_OK with the n topics that have
+   * a subscriber on some worker of some host on the bus (in no order), or
+   * BUS_EUNAVAILABLE with none.  Exactly once per accepted request, never
+   * from inside bus_channels(). */
+  void (*channels)(void *arg, void *req, int err, const struct bus_name *v, size_t n);
 };
 
 struct bus_env {
@@ -132,6 +153,21 @@ int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *paylo
  * later with req) or a negative enum bus_err at once. */
 int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit,
                 void *req);
+
+/* Sends a control message to every worker of every host on the bus, this
+ * one included (to NULL), or to the one worker whose bus_inbox() is to.  It
+ * arrives through host.control.  Returns BUS_OK, after which, when req is
+ * not NULL, host.published fires with req (pos NULL) once the bus has taken
+ * the message; or a negative enum bus_err at once. */
+int bus_control(struct bus *b, const char *to, const char *msg, size_t len, void *req);
+
+/* This worker's address for bus_control(): a NUL-terminated string of
+ * [A-Za-z0-9-], unique among the workers on the bus, owned by the bus. */
+const char *bus_inbox(const struct bus *b);
+
+/* Asks which topics have subscribers anywhere on the bus.  Returns BUS_OK
+ * (host.channels fires later with req) or a negative enum bus_err. */
+int bus_channels(struct bus *b, void *req);
 
 /* The topic got its first local subscriber / lost its last one.  A bus
  * that cannot act on it now (disconnected) catches up when it reconnects,

@@ -84,7 +84,17 @@ struct bus {
   size_t nreads, nwaiting;
   uint64_t last_since;
   size_t last_limit;
+  /* bus_channels() requests waiting for the next turn */
+  struct lchan *chans, **chans_tail;
 };
+
+/* A bus_channels() request. */
+struct lchan {
+  struct lchan *next;
+  void *req;
+};
+
+#define LOCAL_INBOX "local"
 
 static int keeps_history(const struct bus *b) { return b->env.cfg && b->env.cfg->history_size > 0; }
 
@@ -94,6 +104,7 @@ struct bus *bus_new(const struct bus_env *env) {
   b->env = *env;
   b->tail = &b->head;
   b->reads_tail = &b->reads;
+  b->chans_tail = &b->chans;
   b->ready = 1;
   if (uv_idle_init(env->loop, &b->idle) != 0) {
     free(b);
@@ -264,11 +275,51 @@ static void answer_reads(struct bus *b) {
   }
 }
 
+/* ---- the topics with subscribers: this worker's ---- */
+
+struct names {
+  struct bus_name *v;
+  size_t n, cap;
+  int failed;
+};
+
+static void add_name(void *arg, const char *topic, size_t tlen) {
+  struct names *ns = arg;
+  if (ns->failed) return;
+  if (ns->n == ns->cap) {
+    size_t cap = ns->cap ? 2 * ns->cap : 16;
+    struct bus_name *v = realloc(ns->v, cap * sizeof(*v));
+    if (!v) {
+      ns->failed = 1;
+      return;
+    }
+    ns->v = v;
+    ns->cap = cap;
+  }
+  ns->v[ns->n++] = (struct bus_name){topic, tlen};
+}
+
+static void answer_channels(struct bus *b, int err) {
+  while (b->chans) {
+    struct lchan *c = b->chans;
+    b->chans = c->next;
+    if (!b->chans) b->chans_tail = &b->chans;
+    struct names ns = {0};
+    if (err == BUS_OK) b->env.host.each_topic(b->env.host.arg, add_name, &ns);
+    if (ns.failed) err = BUS_ENOMEM;
+    b->env.host.channels(b->env.host.arg, c->req, err, err == BUS_OK ? ns.v : NULL,
+                         err == BUS_OK ? ns.n : 0);
+    free(ns.v);
+    free(c);
+  }
+}
+
 static void on_idle(uv_idle_t *h) {
   struct bus *b = h->data;
   uv_idle_stop(h);
   answer_all(b, BUS_OK);
   answer_reads(b);
+  answer_channels(b, b->ready ? BUS_OK : BUS_EUNAVAILABLE);
 }
 
 static void on_closed(uv_handle_t *h) { free(h->data); }
@@ -277,6 +328,7 @@ void bus_free(struct bus *b) {
   if (!b) return;
   b->closing = 1;
   answer_all(b, BUS_EUNAVAILABLE);
+  answer_channels(b, BUS_EUNAVAILABLE);
   while (b->reads) {
     struct lread *r = b->reads;
     b->reads = r->next;
@@ -350,6 +402,36 @@ int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, s
   b->nwaiting++;
   b->last_since = since;
   b->last_limit = limit;
+  return BUS_OK;
+}
+
+/* One worker on the bus: every control message is for it. */
+int bus_control(struct bus *b, const char *to, const char *msg, size_t len, void *req) {
+  if (!b->ready) return BUS_EUNAVAILABLE;
+  if (to && strcmp(to, LOCAL_INBOX) != 0) return BUS_OK; /* nobody there: lost, as on Redis */
+  struct done *d = NULL;
+  if (req) {
+    if (!(d = new_done(b, req))) return BUS_ENOMEM;
+    push_done(b, d);
+  }
+  b->env.host.control(b->env.host.arg, msg, len);
+  return BUS_OK;
+}
+
+const char *bus_inbox(const struct bus *b) {
+  (void)b;
+  return LOCAL_INBOX;
+}
+
+int bus_channels(struct bus *b, void *req) {
+  if (!b->ready || b->closing) return BUS_EUNAVAILABLE;
+  if (uv_idle_start(&b->idle, on_idle) != 0) return BUS_ENOMEM;
+  struct lchan *c = malloc(sizeof(*c));
+  if (!c) return BUS_ENOMEM;
+  c->req = req;
+  c->next = NULL;
+  *b->chans_tail = c;
+  b->chans_tail = &c->next;
   return BUS_OK;
 }
 

@@ -8,6 +8,7 @@
 #include "broadcast.h"
 #include "bus.h"
 #include "conn.h"
+#include "control.h"
 #include "proto.h"
 #include "recovery.h"
 #include "worker.h"
@@ -15,10 +16,11 @@
 
 #define OFFSET_EXTRA_MAX 32 /* "offset":<20 digits> */
 
-/* A publish the bus has accepted and not yet answered. */
+/* A client's publish the bus has accepted and not yet answered. */
 struct pub_req {
-  struct conn *c; /* holds a reference */
-  char *id_json;  /* the request's "id", or NULL */
+  struct bus_call call; /* first */
+  struct conn *c;       /* holds a reference */
+  char *id_json;        /* the request's "id", or NULL */
   size_t tlen;
   char topic[];
 };
@@ -36,7 +38,14 @@ static int proto_err_of(int bus_err) {
 
 static void on_published(void *arg, void *req, int err, const struct bus_pos *pos) {
   struct worker *w = arg;
-  struct pub_req *p = req;
+  struct bus_call *call = req;
+  if (call->is_publish) metric_add(w->m, err == 0 ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
+  call->published(call, err, pos);
+}
+
+/* The answer to a client's publish. */
+static void on_client_published(struct bus_call *call, int err, const struct bus_pos *pos) {
+  struct pub_req *p = (struct pub_req *)call;
   struct conn *c = p->c;
   if (ws_can_send(c)) {
     char extra[OFFSET_EXTRA_MAX];
@@ -46,7 +55,6 @@ static void on_published(void *arg, void *req, int err, const struct bus_pos *po
                              p->id_json);
     else proto_reply_error(&ws_proto_ops, c, proto_err_of(err), p->topic, p->tlen, p->id_json);
   }
-  metric_add(w->m, err == 0 ? M_PUBLISHES : M_PUBLISH_ERRORS, 1);
   conn_unref(c);
   free(p->id_json);
   free(p);
@@ -70,7 +78,19 @@ static void on_each_topic(void *arg, void (*fn)(void *fnarg, const char *topic, 
 }
 
 static void on_history(void *arg, void *req, int err, const struct bus_history *h) {
-  recovery_on_history(arg, req, err, h);
+  (void)arg;
+  struct bus_call *call = req;
+  call->history(call, err, h);
+}
+
+static void on_channels(void *arg, void *req, int err, const struct bus_name *v, size_t n) {
+  (void)arg;
+  struct bus_call *call = req;
+  call->channels(call, err, v, n);
+}
+
+static void on_control(void *arg, const char *msg, size_t len) {
+  control_on_message(arg, msg, len);
 }
 
 static void on_resynced(void *arg) { recovery_resynced(arg); }
@@ -105,10 +125,16 @@ int pubsub_start(struct worker *w) {
                .published = on_published,
                .each_topic = on_each_topic,
                .history = on_history,
-               .resynced = on_resynced},
+               .resynced = on_resynced,
+               .control = on_control,
+               .channels = on_channels},
   };
+  if (control_start(w) < 0) return -1;
   w->bus = bus_new(&env);
-  if (!w->bus) return -1;
+  if (!w->bus) {
+    control_stop(w);
+    return -1;
+  }
   w->topics.on_first = on_topic_first;
   w->topics.on_last = on_topic_last;
   w->topics.on_sub_gone = on_sub_gone;
@@ -120,15 +146,29 @@ void pubsub_stop(struct worker *w) {
   w->topics.on_first = NULL;
   w->topics.on_last = NULL;
   w->topics.on_sub_gone = NULL;
-  bus_free(w->bus);
+  bus_free(w->bus); /* answers what the bus still held, control.c's lists among them */
   w->bus = NULL;
+  control_stop(w);
+}
+
+int pubsub_publish_call(struct worker *w, const char *topic, size_t tlen, const char *payload,
+                        size_t plen, struct bus_call *call) {
+  call->is_publish = 1;
+  int rc = bus_publish(w->bus, topic, tlen, payload, plen, recovery_keeps(w, topic, tlen), call);
+  if (rc < 0) metric_add(w->m, M_PUBLISH_ERRORS, 1);
+  return rc;
+}
+
+int pubsub_history_call(struct worker *w, const char *topic, size_t tlen, uint64_t since,
+                        size_t limit, struct bus_call *call) {
+  return bus_history(w->bus, topic, tlen, since, limit, call);
 }
 
 int pubsub_publish(struct conn *c, const char *topic, size_t tlen, const char *payload, size_t plen,
                    const char *id_json) {
-  struct worker *w = c->w;
   struct pub_req *p = malloc(sizeof(*p) + tlen);
   if (!p) return PROTO_EINTERNAL;
+  p->call = (struct bus_call){.published = on_client_published};
   p->c = c;
   p->tlen = tlen;
   memcpy(p->topic, topic, tlen);
@@ -138,12 +178,11 @@ int pubsub_publish(struct conn *c, const char *topic, size_t tlen, const char *p
     return PROTO_EINTERNAL;
   }
   conn_ref(c);
-  int rc = bus_publish(w->bus, topic, tlen, payload, plen, recovery_keeps(w, topic, tlen), p);
+  int rc = pubsub_publish_call(c->w, topic, tlen, payload, plen, &p->call);
   if (rc < 0) {
     conn_unref(c);
     free(p->id_json);
     free(p);
-    metric_add(w->m, M_PUBLISH_ERRORS, 1);
     return proto_err_of(rc);
   }
   return PROTO_PENDING;

@@ -12,6 +12,7 @@
 #include "bus.h"
 #include "conn.h"
 #include "proto.h"
+#include "pubsub.h"
 #include "topics.h"
 #include "worker.h"
 #include "ws.h"
@@ -55,23 +56,17 @@ struct held_frame {
   char epoch[BUS_EPOCH_MAX + 1]; /* the topic's epoch when it came */
 };
 
-enum read_kind { READ_CATCHUP, READ_SUBSCRIBE, READ_QUERY };
-
-struct read_req {
-  enum read_kind kind;
-};
-
 struct catchup {
-  struct read_req base;
+  struct bus_call call;  /* first: the bus hands it back */
   struct topic_hist *th; /* NULL once the topic is gone */
 };
 
 /* A subscribe waiting for the topic's history (s->ext while it waits). */
 struct resume {
-  struct read_req base;
-  struct conn *c; /* holds a reference */
-  struct sub *s;  /* NULL once the subscription is gone */
-  int existing;   /* a subscribe to a topic already subscribed: reply only */
+  struct bus_call call; /* first: the bus hands it back */
+  struct conn *c;       /* holds a reference */
+  struct sub *s;        /* NULL once the subscription is gone */
+  int existing;         /* a subscribe to a topic already subscribed: reply only */
   size_t tlen;
   char topic[TOPIC_MAX_LEN + 1];
   int has_since;
@@ -83,12 +78,16 @@ struct resume {
 
 /* A history request of a client. */
 struct query {
-  struct read_req base;
-  struct conn *c; /* holds a reference */
+  struct bus_call call; /* first: the bus hands it back */
+  struct conn *c;       /* holds a reference */
   char *id_json;
   size_t tlen;
   char topic[];
 };
+
+static void on_catchup(struct bus_call *call, int err, const struct bus_history *h);
+static void on_subscribe_read(struct bus_call *call, int err, const struct bus_history *h);
+static void on_query(struct bus_call *call, int err, const struct bus_history *h);
 
 int recovery_keeps(const struct worker *w, const char *topic, size_t tlen) {
   return w->cfg->history_size > 0 && topic_match_list(w->cfg->history_topics, topic, tlen);
@@ -215,12 +214,12 @@ static void start_catchup(struct topic_hist *th, uint64_t upto) {
     stall(th);
     return;
   }
-  r->base.kind = READ_CATCHUP;
+  r->call.history = on_catchup;
   r->th = th;
   uint64_t missing = upto - th->last - 1;
   size_t limit = missing < (uint64_t)th->w->cfg->history_size ? (size_t)missing
                                                               : (size_t)th->w->cfg->history_size;
-  if (bus_history(th->w->bus, th->t->name, th->t->len, th->last, limit, r) != BUS_OK) {
+  if (bus_history(th->w->bus, th->t->name, th->t->len, th->last, limit, &r->call) != BUS_OK) {
     free(r);
     stall(th);
     return;
@@ -229,7 +228,8 @@ static void start_catchup(struct topic_hist *th, uint64_t upto) {
   th->reading = r;
 }
 
-static void on_catchup(struct catchup *r, int err, const struct bus_history *h) {
+static void on_catchup(struct bus_call *call, int err, const struct bus_history *h) {
+  struct catchup *r = (struct catchup *)call;
   struct topic_hist *th = r->th;
   free(r);
   if (!th) return;
@@ -362,7 +362,7 @@ int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *
   if (existing && s->ext) return PROTO_OK; /* its first answer is still coming */
   struct resume *r = calloc(1, sizeof(*r));
   if (!r) return PROTO_EINTERNAL;
-  r->base.kind = READ_SUBSCRIBE;
+  r->call.history = on_subscribe_read;
   r->existing = existing;
   r->c = c;
   r->s = s;
@@ -380,8 +380,8 @@ int recovery_subscribe(struct conn *c, struct sub *s, const struct proto_since *
   /* a plain subscribe only needs the epoch and the newest offset; a live
    * subscription has had (or is being sent) everything since: no replay */
   size_t limit = since && !existing ? (size_t)c->w->cfg->history_size : 0;
-  int rc =
-      bus_history(c->w->bus, s->topic->name, s->topic->len, since ? since->offset : 0, limit, r);
+  int rc = bus_history(c->w->bus, s->topic->name, s->topic->len, since ? since->offset : 0, limit,
+                       &r->call);
   if (rc != BUS_OK) {
     free(r->id_json);
     free(r);
@@ -428,7 +428,8 @@ static void reply_existing(struct resume *r, int err, const struct bus_history *
   proto_reply_status_ext(&ws_proto_ops, c, "subscribed", r->topic, r->tlen, extra, r->id_json);
 }
 
-static void on_subscribe_read(struct resume *r, int err, const struct bus_history *h) {
+static void on_subscribe_read(struct bus_call *call, int err, const struct bus_history *h) {
+  struct resume *r = (struct resume *)call;
   if (r->existing) reply_existing(r, err, h);
   struct conn *c = r->c;
   struct sub *s = r->s;
@@ -488,7 +489,7 @@ int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long
   if (!recovery_keeps(c->w, topic, tlen)) return PROTO_ENOHISTORY;
   struct query *q = malloc(sizeof(*q) + tlen + 1);
   if (!q) return PROTO_EINTERNAL;
-  q->base.kind = READ_QUERY;
+  q->call.history = on_query;
   q->c = c;
   q->tlen = tlen;
   memcpy(q->topic, topic, tlen);
@@ -498,7 +499,7 @@ int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long
     free(q);
     return PROTO_EINTERNAL;
   }
-  int rc = bus_history(c->w->bus, topic, tlen, since, limit, q);
+  int rc = bus_history(c->w->bus, topic, tlen, since, limit, &q->call);
   if (rc != BUS_OK) {
     free(q->id_json);
     free(q);
@@ -508,9 +509,9 @@ int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long
   return PROTO_PENDING;
 }
 
-/* {"type":"history","topic":T,"epoch":E,"offset":TOP,"messages":[{"offset":N,"payload":P},...]} */
-static char *history_json(const struct query *q, const struct bus_history *h, size_t *len) {
-  size_t cap = 128 + q->tlen + (q->id_json ? strlen(q->id_json) : 0);
+char *recovery_history_json(const char *topic, size_t tlen, const struct bus_history *h,
+                            const char *id_json, size_t *len) {
+  size_t cap = 128 + tlen + (id_json ? strlen(id_json) : 0);
   char **payloads = calloc(h->count ? h->count : 1, sizeof(*payloads));
   size_t *plens = calloc(h->count ? h->count : 1, sizeof(*plens));
   char *out = NULL;
@@ -523,9 +524,9 @@ static char *history_json(const struct query *q, const struct bus_history *h, si
   if (!(out = malloc(cap))) goto done;
   size_t n =
       (size_t)snprintf(out, cap,
-                       "{\"type\":\"history\",\"topic\":\"%s\",\"epoch\":\"%s\",\"offset\":%llu,"
+                       "{\"type\":\"history\",\"topic\":\"%.*s\",\"epoch\":\"%s\",\"offset\":%llu,"
                        "\"messages\":[",
-                       q->topic, h->epoch, (unsigned long long)h->top);
+                       (int)tlen, topic, h->epoch, (unsigned long long)h->top);
   for (size_t i = 0; i < h->count; i++) {
     n += (size_t)snprintf(out + n, cap - n, "%s{\"offset\":%llu,\"payload\":", i ? "," : "",
                           (unsigned long long)h->msgs[i].offset);
@@ -534,7 +535,7 @@ static char *history_json(const struct query *q, const struct bus_history *h, si
     out[n++] = '}';
   }
   out[n++] = ']';
-  if (q->id_json) n += (size_t)snprintf(out + n, cap - n, ",\"id\":%s", q->id_json);
+  if (id_json) n += (size_t)snprintf(out + n, cap - n, ",\"id\":%s", id_json);
   out[n++] = '}';
   assert(n <= cap);
   *len = n;
@@ -545,11 +546,13 @@ done:
   return out;
 }
 
-static void on_query(struct query *q, int err, const struct bus_history *h) {
+static void on_query(struct bus_call *call, int err, const struct bus_history *h) {
+  struct query *q = (struct query *)call;
   struct conn *c = q->c;
   if (ws_can_send(c)) {
     size_t len;
-    char *json = err == BUS_OK ? history_json(q, h, &len) : NULL;
+    char *json =
+        err == BUS_OK ? recovery_history_json(q->topic, q->tlen, h, q->id_json, &len) : NULL;
     if (json) ws_proto_ops.send(c, json, len);
     else
       proto_reply_error(&ws_proto_ops, c, err == BUS_OK ? PROTO_EINTERNAL : PROTO_EBUS, q->topic,
@@ -559,14 +562,4 @@ static void on_query(struct query *q, int err, const struct bus_history *h) {
   conn_unref(c);
   free(q->id_json);
   free(q);
-}
-
-void recovery_on_history(struct worker *w, void *req, int err, const struct bus_history *h) {
-  (void)w;
-  struct read_req *base = req;
-  switch (base->kind) {
-    case READ_CATCHUP: on_catchup((struct catchup *)base, err, h); return;
-    case READ_SUBSCRIBE: on_subscribe_read((struct resume *)base, err, h); return;
-    case READ_QUERY: on_query((struct query *)base, err, h); return;
-  }
 }

@@ -78,7 +78,12 @@ void recovery_sub_gone(struct sub *s);
 int recovery_query(struct conn *c, const char *topic, size_t tlen, unsigned long long since,
                    unsigned limit, const char *id_json);
 
-/* The bus' answer to a read made here (bus_host.history). */
-void recovery_on_history(struct worker *w, void *req, int err, const struct bus_history *h);
+/* The JSON of a history answer, for a client or the HTTP API:
+ * {"type":"history","topic":T,"epoch":E,"offset":TOP,"messages":[{"offset":N,"payload":P},...]}
+ * with ,"id":ID when id_json is set.  Payloads that are not JSON (an
+ * outside FCALL) become strings, as in notifications.  Returns a malloc'd
+ * buffer (the caller frees it) with its length in *len, or NULL (memory). */
+char *recovery_history_json(const char *topic, size_t tlen, const struct bus_history *h,
+                            const char *id_json, size_t *len);
 
 #endif

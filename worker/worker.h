@@ -20,6 +20,7 @@
 
 struct conn;
 struct bus;
+struct control;
 struct shm;
 
 /* the head of a doubly linked list of connections (not circular: the
@@ -56,12 +57,13 @@ struct worker {
   struct conn *dirty;           /* singly linked through conn->dirty_next */
   struct topics topics;
   struct bus *bus;
-  struct pmd pmd;        /* permessage-deflate streams shared by all connections */
-  struct auth *auth;     /* JWT verifier, or NULL: anonymous access */
-  struct shm *shm;       /* shared with the master and the other workers */
-  unsigned shm_row;      /* the row this worker writes */
-  struct metrics *m;     /* this worker's counters, in its shared-memory row */
-  uint64_t flush_now_us; /* uv_hrtime()/1000 at the latest write to the kernel (consumed()) */
+  struct control *control; /* control.c's */
+  struct pmd pmd;          /* permessage-deflate streams shared by all connections */
+  struct auth *auth;       /* JWT verifier, or NULL: anonymous access */
+  struct shm *shm;         /* shared with the master and the other workers */
+  unsigned shm_row;        /* the row this worker writes */
+  struct metrics *m;       /* this worker's counters, in its shared-memory row */
+  uint64_t flush_now_us;   /* uv_hrtime()/1000 at the latest write to the kernel (consumed()) */
   uint64_t next_conn_id;
   size_t nconns;           /* accepted and not yet freed from the loop */
   size_t history_stalled;  /* topics whose catch-up waits for the bus (recovery.c) */

@@ -107,6 +107,10 @@ static void consume(struct client *cl, size_t n) {
 }
 
 struct client *client_open(struct fx *fx) {
+  return client_open_path(fx, "/");
+}
+
+struct client *client_open_path(struct fx *fx, const char *target) {
   struct client *cl = calloc(1, sizeof(*cl));
   assert_non_null(cl);
   cl->fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -114,10 +118,14 @@ struct client *client_open(struct fx *fx) {
                           .sin_port = htons((uint16_t)fx->port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  static const char req[] =
-      "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-  assert_int_equal(send(cl->fd, req, sizeof(req) - 1, 0), (ssize_t)(sizeof(req) - 1));
+  char req[2048];
+  int n =
+      snprintf(req, sizeof(req),
+               "GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+               target);
+  assert_true(n > 0 && (size_t)n < sizeof(req));
+  assert_int_equal(send(cl->fd, req, (size_t)n, 0), (ssize_t)n);
   char *end;
   while (!(end = memmem(cl->buf, cl->len, "\r\n\r\n", 4))) assert_true(fill(fx, cl));
   assert_memory_equal(cl->buf, "HTTP/1.1 101 ", 13);
@@ -156,6 +164,18 @@ char *client_recv(struct fx *fx, struct client *cl) {
   char *s = strndup(cl->buf + h, n);
   consume(cl, h + n);
   return s;
+}
+
+uint16_t client_recv_close(struct fx *fx, struct client *cl, char *reason, size_t rsize) {
+  while (cl->len < 2) assert_true(fill(fx, cl));
+  assert_int_equal(cl->buf[0] & 0xff, 0x88);
+  size_t n = (uint8_t)cl->buf[1];
+  assert_true(n >= 2 && n < 126);
+  while (cl->len < 2 + n) assert_true(fill(fx, cl));
+  uint16_t code = (uint16_t)(((uint8_t)cl->buf[2] << 8) | (uint8_t)cl->buf[3]);
+  snprintf(reason, rsize, "%.*s", (int)(n - 2), cl->buf + 4);
+  consume(cl, 2 + n);
+  return code;
 }
 
 void expect(struct fx *fx, struct client *cl, const char *want) {

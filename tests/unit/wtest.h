@@ -36,6 +36,8 @@ void turns(struct fx *fx, int n);
 int fill(struct fx *fx, struct client *cl);
 
 struct client *client_open(struct fx *fx); /* after the 101 */
+/* The same with the request target (path and query) given. */
+struct client *client_open_path(struct fx *fx, const char *target);
 void client_close(struct client *cl);
 /* One frame (under 126 bytes), masked with a zero key. */
 void client_frame(struct client *cl, uint8_t opcode, const char *data, size_t n);
@@ -43,6 +45,9 @@ void client_send(struct client *cl, const char *text);
 void sendf(struct client *cl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The next text message, malloc'ed. */
 char *client_recv(struct fx *fx, struct client *cl);
+/* The next frame is a close (with a code): returns the code, the reason
+ * into reason[rsize]. */
+uint16_t client_recv_close(struct fx *fx, struct client *cl, char *reason, size_t rsize);
 void expect(struct fx *fx, struct client *cl, const char *want);
 void expectf(struct fx *fx, struct client *cl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
