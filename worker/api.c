@@ -89,6 +89,7 @@ struct api_conn {
   uint64_t started; /* loop ms of the first byte of the request being read */
   unsigned in_request : 1;
   unsigned stop : 1; /* a closing answer is queued: nothing more is parsed */
+  unsigned last : 1; /* the request being read is the last (no keep-alive) */
   unsigned busy : 1; /* feed() is running */
 };
 
@@ -586,7 +587,7 @@ static int on_head(struct conn *c, const struct http_request *req, size_t avail_
   int keep = http_keep_alive(req);
   if (!keep) {
     r->close = 1;
-    a->stop = 1; /* nothing after this request is read */
+    a->last = 1; /* nothing after this request is read */
   }
   a->discard = 0;
   a->blen = 0;
@@ -759,6 +760,10 @@ static long parse(struct conn *c, const char *p, size_t n) {
       if (k < 0) return -1;
       at += (size_t)k;
       continue;
+    }
+    if (a->last) {
+      at = n; /* after the last request: ignored */
+      break;
     }
     if (a->nqueued >= API_PIPELINE_MAX) {
       /* full: wait until answers leave (pump resumes) */

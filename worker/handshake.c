@@ -132,7 +132,12 @@ static int authenticate(struct conn *c, const struct http_request *req, const ch
  * upgraded, HANDLED_API when the HTTP API takes it over, else 0. */
 static int handle_request(struct conn *c, const struct http_request *req) {
   const struct config *cfg = c->w->cfg;
-  if (api_is_path(req->path.p, req->path.n) && api_on_public_port(c->w)) return HANDLED_API;
+  if (api_is_path(req->path.p, req->path.n)) {
+    if (api_on_public_port(c->w)) return HANDLED_API;
+    /* the API is off, or served on --api-listen only */
+    respond(c, 404, NULL, "Not found\n");
+    return 0;
+  }
   int is_ws_path = path_is(req->path, "/");
   int is_echo = cfg->echo_path[0] && path_is(req->path, cfg->echo_path);
   if (c->w->shutting_down) {
