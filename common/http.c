@@ -266,6 +266,7 @@ int http_keep_alive(const struct http_request *req) {
 }
 
 int http_media_type_is(struct http_str ct, const char *type) {
+  if (!ct.p) return 0;
   size_t i = 0, e;
   while (i < ct.n && (ct.p[i] == ' ' || ct.p[i] == '\t')) i++;
   for (e = i; e < ct.n && ct.p[e] != ';';) e++;
