@@ -46,7 +46,7 @@ REL_DIR   := build/rel
 REL_FLAGS := $(CFLAGS) -DNDEBUG
 endif
 
-COMMON_SRC := common/backoff.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
+COMMON_SRC := common/backoff.c common/shard.c common/log.c common/config.c common/sbuf.c common/utf8.c common/topic.c \
               common/redisaddr.c common/shm.c common/http.c common/frame.c
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
@@ -56,6 +56,11 @@ BUS_SRC    := redis/bridge.c redis/control.c redis/history.c redis/uvadapter.c r
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c
 SERVER_SRC := $(COMMON_SRC) $(WORKER_SRC) $(BUS_SRC) $(MASTER_SRC)
+# GET /tidings.js: worker/clientjs.c and the JavaScript client of clients/js/
+# it serves, embedded; the handshake (so every whole worker) needs them
+CLIENTJS_SRC := worker/clientjs.c build/gen/clients/js/tidings.js.c
+WORKER_SRC   += $(CLIENTJS_SRC)
+SERVER_SRC   += $(CLIENTJS_SRC)
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself

@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include "redisaddr.h"
+#include "shard.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -46,7 +47,8 @@ static const struct opt opts[] = {
      "seconds a client has to send its complete HTTP upgrade request"},
     {"redis", OPT_STR, OFF(redis), 0, 0, "",
      "redis://[[user]:password@]host[:port][/db] (e.g. redis://user:password@10.0.0.5:6379/0; "
-     "port 6379, db 0, host may be [IPv6]) or unix:/path; empty = embedded redis-server"},
+     "port 6379, db 0, host may be [IPv6]) or unix:/path; several, comma-separated, spread the "
+     "topics over them (tidings shard TOPIC says where one lives); empty = embedded redis-server"},
     {"redis-prefix", OPT_STR, OFF(redis_prefix), 0, 0, "",
      "prefix of the Redis channel of every topic"},
     {"history-size", OPT_INT, OFF(history_size), 0, 1000000, "0",
@@ -101,6 +103,8 @@ static const struct opt opts[] = {
      "then answers 404"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
+    {"no-client-js", OPT_BOOL, OFF(no_client_js), 0, 1, "0",
+     "do not serve the JavaScript client at GET /tidings.js on the public port (404)"},
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -242,6 +246,8 @@ static int check(struct config *cfg, char *err, size_t errlen) {
   }
   /* the drain happens within the grace period */
   if (cfg->drain_window > cfg->shutdown_grace) cfg->drain_window = cfg->shutdown_grace;
+  struct shard_url urls[SHARDS_MAX];
+  if (cfg->redis[0] && shard_split(cfg->redis, urls, err, errlen) < 0) return -1;
   if (strchr(cfg->redis_prefix, '{') || strchr(cfg->redis_prefix, '}')) {
     snprintf(err, errlen,
              "--redis-prefix must not contain '{' or '}' (they make Redis Cluster hash tags)");
@@ -346,11 +352,19 @@ void config_usage(FILE *out, const char *prog) {
 }
 
 void config_log(const struct config *c) {
-  char where[200] = "embedded";
-  struct redis_addr ra;
+  char where[1024] = "embedded";
+  struct shard_url urls[SHARDS_MAX];
   char err[256];
-  if (c->redis[0] && redis_addr_parse(c->redis, &ra, err, sizeof(err)) == 0)
-    redis_addr_describe(&ra, where, sizeof(where));
+  int n = c->redis[0] ? shard_split(c->redis, urls, err, sizeof(err)) : 0;
+  size_t len = 0;
+  for (int i = 0; i < n && len < sizeof(where); i++) {
+    struct redis_addr ra;
+    char one[1024], d[200];
+    snprintf(one, sizeof(one), "%.*s", (int)urls[i].n, urls[i].p);
+    if (redis_addr_parse(one, &ra, err, sizeof(err)) < 0) continue;
+    redis_addr_describe(&ra, d, sizeof(d)); /* without credentials */
+    len += (size_t)snprintf(where + len, sizeof(where) - len, "%s%s", i ? "," : "", d);
+  }
   log_info("options",
            "options: bind=%s port=%d workers=%d ping-interval=%ds max-message-size=%zu "
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "

@@ -63,6 +63,7 @@ struct config {
   int api_key_given;            /* --api-key was set, maybe to "" */
   const char *api_key_file;     /* file holding the key, or "" */
   const char *api_listen;       /* host:port of a listener for the API alone, or "" */
+  int no_client_js;             /* bool: no GET /tidings.js on the public port */
   int help;
   int version;
 };

@@ -42,6 +42,7 @@ static void set_header(struct http_request *req, struct http_str name, struct ht
       {"transfer-encoding", &req->transfer_encoding},
       {"content-type", &req->content_type},
       {"expect", &req->expect},
+      {"if-none-match", &req->if_none_match},
   };
   for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
     if (!streq_ci(name, known[i].name)) continue;
@@ -432,4 +433,35 @@ int http_format_head(char *out, size_t outlen, int status, const char *ctype,
                    close ? "Connection: close\r\n" : "");
   if (n < 0 || (size_t)n >= outlen) return -1;
   return n;
+}
+
+static int is_ows(char ch) { return ch == ' ' || ch == '\t'; }
+
+int http_etag_match(struct http_str inm, const char *etag) {
+  const char *p = inm.p, *end = inm.p + inm.n;
+  size_t elen = strlen(etag);
+  while (p < end && is_ows(*p)) p++;
+  if (p < end && *p == '*') {
+    for (p++; p < end && is_ows(*p); p++) {
+    }
+    return p == end;
+  }
+  int found = 0;
+  while (p < end) {
+    if (*p == ',' || is_ows(*p)) { /* empty list elements are allowed */
+      p++;
+      continue;
+    }
+    if (end - p >= 2 && p[0] == 'W' && p[1] == '/') p += 2;
+    /* entity-tag = [ W/ ] DQUOTE *etagc DQUOTE */
+    if (p >= end || *p != '"') return 0;
+    const char *q = memchr(p + 1, '"', (size_t)(end - p - 1));
+    if (!q) return 0;
+    size_t n = (size_t)(q + 1 - p);
+    if (n == elen && memcmp(p, etag, n) == 0) found = 1;
+    p = q + 1;
+    while (p < end && is_ows(*p)) p++;
+    if (p < end && *p != ',') return 0;
+  }
+  return found;
 }

@@ -30,7 +30,7 @@ struct http_request {
   int nheaders;
   /* headers the server acts on; n == 0 when absent */
   struct http_str host, upgrade, connection, ws_key, ws_version, origin, ws_protocol, ws_extensions,
-      authorization;
+      authorization, if_none_match;
   /* ... and the body's framing and type (the HTTP API reads bodies) */
   struct http_str content_length, transfer_encoding, content_type, expect;
   int dup_key;    /* Sec-WebSocket-Key appeared more than once */
@@ -138,5 +138,12 @@ long http_chunked_decode(struct http_chunked *st, const char *src, size_t len, c
  * length, or -1 when out is too small. */
 int http_format_head(char *out, size_t outlen, int status, const char *ctype,
                      unsigned long long content_length, const char *extra_headers, int close);
+
+/* 1 when an If-None-Match value (RFC 9110 section 13.1.2) matches etag, a
+ * strong entity tag written with its quotes ("\"abc\""): the value is "*" or
+ * a comma-separated list holding that tag, weak (W/"abc") or not, since
+ * If-None-Match compares weakly.  0 for no match or a malformed list (a
+ * malformed list is answered in full, never with 304). */
+int http_etag_match(struct http_str inm, const char *etag);
 
 #endif

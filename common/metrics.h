@@ -76,9 +76,13 @@ static const uint32_t metric_lat_bounds_us[METRIC_LAT_BUCKETS] = {
     50,    100,   250,   500,    1000,   2500,    5000,
     10000, 25000, 50000, 100000, 250000, 1000000, UINT32_MAX /* +Inf */};
 
+/* --redis servers a worker can have (common/shard.h's SHARDS_MAX) */
+#define METRIC_SHARDS 32
+
 struct metrics {
   uint64_t c[M__COUNT];
   int64_t g[G__COUNT];
+  uint8_t shard_up[METRIC_SHARDS];  /* 1 while the worker's connections to shard i are ready */
   uint64_t lat[METRIC_LAT_BUCKETS]; /* not cumulative; the reader sums */
   uint64_t lat_sum_us;
   uint64_t lat_count;
@@ -90,6 +94,10 @@ static inline void metric_add(struct metrics *m, enum metric_counter k, uint64_t
 }
 static inline void metric_gauge(struct metrics *m, enum metric_gauge k, int64_t v) {
   __atomic_store_n(&m->g[k], v, __ATOMIC_RELAXED);
+}
+static inline void metric_shard(struct metrics *m, unsigned shard, int up) {
+  if (shard < METRIC_SHARDS)
+    __atomic_store_n(&m->shard_up[shard], (uint8_t)(up != 0), __ATOMIC_RELAXED);
 }
 static inline void metric_latency(struct metrics *m, uint64_t us, uint64_t n) {
   int b = 0;

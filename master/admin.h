@@ -23,6 +23,7 @@
 #ifndef TIDINGS_ADMIN_H
 #define TIDINGS_ADMIN_H
 
+#include "../common/shard.h"
 #include <stddef.h>
 #include <uv.h>
 
@@ -30,11 +31,15 @@
 
 #define ADMIN_MAX_SLOTS 256
 
+#define ADMIN_SHARD_NAME 160
+
 struct admin_view {
   struct shm *shm;
   int nslots;
-  int row[ADMIN_MAX_SLOTS]; /* current row of each slot */
-  int pid[ADMIN_MAX_SLOTS]; /* 0 when the slot has no running worker */
+  int row[ADMIN_MAX_SLOTS];                 /* current row of each slot */
+  int pid[ADMIN_MAX_SLOTS];                 /* 0 when the slot has no running worker */
+  int nshards;                              /* Redis servers of --redis (1: the embedded one) */
+  char shard[SHARDS_MAX][ADMIN_SHARD_NAME]; /* each as host:port/db, without credentials */
 };
 
 struct admin;

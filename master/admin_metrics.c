@@ -6,6 +6,8 @@
 #include <time.h>
 
 #include "../common/metrics.h"
+#include "../common/redisaddr.h"
+#include "../common/shard.h"
 
 /* ---- a growable string ----
  * Private to this file: nothing else in the master builds text whose
@@ -123,6 +125,28 @@ static const struct {
      "Subscribes with \"since\" answered recovered:false."},
 };
 
+/* ---- shards ---- */
+
+void admin_view_shards(struct admin_view *v, const char *redis) {
+  struct shard_url urls[SHARDS_MAX];
+  char err[256];
+  int n = redis[0] ? shard_split(redis, urls, err, sizeof(err)) : 0;
+  v->nshards = n > 0 ? n : 1;
+  snprintf(v->shard[0], sizeof(v->shard[0]), "embedded");
+  for (int i = 0; i < n; i++) {
+    struct redis_addr ra;
+    char one[1024];
+    snprintf(one, sizeof(one), "%.*s", (int)urls[i].n, urls[i].p);
+    if (redis_addr_parse(one, &ra, err, sizeof(err)) == 0)
+      redis_addr_describe(&ra, v->shard[i], sizeof(v->shard[i]));
+  }
+}
+
+static int shard_up(const struct admin_view *v, int slot, int shard) {
+  return v->pid[slot] &&
+         __atomic_load_n(&v->shm->rows[v->row[slot]].m.shard_up[shard], __ATOMIC_RELAXED);
+}
+
 int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
   struct sb s = {0};
   sb_printf(&s,
@@ -137,6 +161,14 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
   for (int i = 0; i < v->nslots; i++)
     sb_printf(&s, "tidings_redis_connected{worker=\"%d\"} %lld\n", i + 1,
               v->pid[i] ? (long long)slot_gauge(v, i, G_REDIS_CONNECTED, 0) : 0LL);
+  sb_printf(&s,
+            "# HELP tidings_redis_shard_up 1 when the worker's connections to the Redis shard "
+            "are up (its topics work).\n"
+            "# TYPE tidings_redis_shard_up gauge\n");
+  for (int i = 0; i < v->nslots; i++)
+    for (int k = 0; k < v->nshards; k++)
+      sb_printf(&s, "tidings_redis_shard_up{worker=\"%d\",shard=\"%d\",server=\"%s\"} %d\n", i + 1,
+                k, v->shard[k], shard_up(v, i, k));
   sb_printf(&s,
             "# HELP tidings_topics Topics with local subscribers.\n"
             "# TYPE tidings_topics gauge\n");
@@ -222,13 +254,15 @@ int admin_metrics_snapshot(const struct admin_view *v, char **json, size_t *len)
   struct sb s = {0};
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts); /* cannot fail for CLOCK_REALTIME */
-  sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"workers\":[", ts.tv_sec + ts.tv_nsec / 1e9,
+  sb_printf(&s, "{\"time\":%.3f,\"restarts\":%llu,\"shards\":[", ts.tv_sec + ts.tv_nsec / 1e9,
             (unsigned long long)restarts(v));
+  for (int k = 0; k < v->nshards; k++) sb_printf(&s, "%s\"%s\"", k ? "," : "", v->shard[k]);
+  sb_printf(&s, "],\"workers\":[");
   for (int i = 0; i < v->nslots; i++) {
     sb_printf(&s,
               "%s{\"worker\":%d,\"pid\":%d,\"up\":%s,\"redis\":%s,\"connections\":%lld,"
               "\"topics\":%lld,\"messages_in\":%llu,\"deliveries\":%llu,\"publishes\":%llu,"
-              "\"bytes_in\":%llu,\"bytes_out\":%llu,\"slow_dropped\":%llu,\"rate_limited\":%llu}",
+              "\"bytes_in\":%llu,\"bytes_out\":%llu,\"slow_dropped\":%llu,\"rate_limited\":%llu",
               i ? "," : "", i + 1, v->pid[i], v->pid[i] ? "true" : "false",
               v->pid[i] && slot_gauge(v, i, G_REDIS_CONNECTED, 0) ? "true" : "false",
               (long long)slot_gauge(v, i, G_CONNECTIONS, 1),
@@ -240,6 +274,9 @@ int admin_metrics_snapshot(const struct admin_view *v, char **json, size_t *len)
               (unsigned long long)slot_counter(v, i, M_BYTES_OUT),
               (unsigned long long)slot_counter(v, i, M_SLOW_DROPPED),
               (unsigned long long)slot_counter(v, i, M_RATE_LIMITED));
+    sb_printf(&s, ",\"shards_up\":["); /* one 0/1 per shard */
+    for (int k = 0; k < v->nshards; k++) sb_printf(&s, "%s%d", k ? "," : "", shard_up(v, i, k));
+    sb_printf(&s, "]}");
   }
   sb_printf(&s, "]}");
   return sb_take(&s, json, len);
@@ -268,6 +305,14 @@ bool admin_metrics_ready(const struct admin_view *v, char *why, size_t n) {
       return false;
     }
   }
-  snprintf(why, n, "ready\n");
+  /* a shard down leaves only its topics out: ready, and saying which */
+  size_t len = (size_t)snprintf(why, n, "ready\n");
+  for (int k = 0; k < v->nshards && len < n; k++)
+    for (int i = 0; i < v->nslots; i++)
+      if (!shard_up(v, i, k)) {
+        len += (size_t)snprintf(why + len, n - len, "degraded: Redis shard %d (%s) is down\n", k,
+                                v->shard[k]);
+        break;
+      }
   return true;
 }

@@ -32,6 +32,9 @@ bool admin_metrics_healthy(const struct admin_view *v);
 /* /readyz: true when every slot's worker runs, listens and is connected
  * to Redis.  Either way writes one line (the first thing missing, or
  * "ready") into why[0..n). */
+/* Names the view's shards from --redis (described without credentials). */
+void admin_view_shards(struct admin_view *v, const char *redis);
+
 bool admin_metrics_ready(const struct admin_view *v, char *why, size_t n);
 
 #endif

@@ -10,7 +10,8 @@
 
 #include "../common/config.h"
 #include "../common/log.h"
-#include "../common/redisaddr.h"
+#include "../common/shard.h"
+#include "../common/topic.h"
 #include "../worker/auth_load.h"
 #include "../worker/worker.h"
 #include "embedded_redis.h"
@@ -37,10 +38,41 @@ static int exec_shim(char **argv) {
   return EXIT_SHIM_FAILED;
 }
 
+/* tidings shard TOPIC --redis URL1,URL2,...: prints the URL, as given, of
+ * the server the topic lives on (common/shard.h). */
+static int shard_command(int argc, char **argv) {
+  char err[ERR_MAX];
+  struct config cfg;
+  if (argc < 3 || argv[2][0] == '-') {
+    fprintf(stderr, "usage: tidings shard TOPIC --redis URL1,URL2,... [--redis-prefix P]\n");
+    return EXIT_CONFIG;
+  }
+  const char *topic = argv[2];
+  if (topic_validate(topic, strlen(topic)) != 0) {
+    fprintf(stderr, "tidings: '%s' is not a valid topic name\n", topic);
+    return EXIT_CONFIG;
+  }
+  argv[2] = argv[0]; /* the options after TOPIC, as a command line of their own */
+  if (config_parse(&cfg, argc - 2, argv + 2, err, sizeof(err)) < 0) {
+    fprintf(stderr, "tidings: %s\n", err);
+    return EXIT_CONFIG;
+  }
+  struct shard_url urls[SHARDS_MAX];
+  int n = cfg.redis[0] ? shard_split(cfg.redis, urls, err, sizeof(err)) : 0;
+  if (n < 1) {
+    fprintf(stderr, "tidings shard: give the servers with --redis URL1,URL2,...\n");
+    return EXIT_CONFIG;
+  }
+  unsigned i = shard_of(topic, strlen(topic), (unsigned)n);
+  printf("%.*s\n", (int)urls[i].n, urls[i].p);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   struct config cfg;
   char err[ERR_MAX];
   if (getenv("TIDINGS_EXEC_SHIM") && argc > 1) return exec_shim(argv);
+  if (argc > 1 && strcmp(argv[1], "shard") == 0) return shard_command(argc, argv);
   if (config_parse(&cfg, argc, argv, err, sizeof(err)) < 0) {
     fprintf(stderr, "tidings: %s\n", err);
     return EXIT_CONFIG;
@@ -63,13 +95,7 @@ int main(int argc, char **argv) {
   if (wid && *wid) return worker_main(&cfg, atoi(wid));
 
   const char *redis_server = NULL;
-  if (cfg.redis[0]) {
-    struct redis_addr ra;
-    if (redis_addr_parse(cfg.redis, &ra, err, sizeof(err)) < 0) {
-      fprintf(stderr, "tidings: %s\n", err);
-      return EXIT_CONFIG;
-    }
-  } else if (!(redis_server = embedded_redis_find())) {
+  if (!cfg.redis[0] && !(redis_server = embedded_redis_find())) {
     fprintf(stderr,
             "tidings: redis-server not found: install Debian's redis-server package "
             "(apt-get install redis-server) or pass --redis redis://host:port\n");

@@ -15,6 +15,7 @@
 #include "../common/log.h"
 #include "../common/shm.h"
 #include "admin.h"
+#include "admin_metrics.h"
 #include "embedded_redis.h"
 
 #define MAX_WORKERS MASTER_MAX_WORKERS
@@ -405,6 +406,7 @@ static int setup(struct master *m, const char *redis_server, int *status) {
   }
   m->view.shm = m->shm;
   m->view.nslots = m->nslots;
+  admin_view_shards(&m->view, m->cfg->redis);
   m->loop = uv_default_loop();
   if (!m->loop) {
     log_error("loop_failed", "cannot create the event loop");

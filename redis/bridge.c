@@ -55,7 +55,7 @@ static void rconn_start(struct rconn *rc);
 static void on_retry(uv_timer_t *t);
 
 static void retry_later(struct rconn *rc) {
-  if (rc->b->closing) return;
+  if (rc->sh->b->closing) return;
   uint64_t d = backoff_delay(&reconnect_policy, rc->attempts, (uint32_t)rand());
   rc->attempts++;
   uv_timer_start(&rc->retry, on_retry, d, 0);
@@ -64,19 +64,27 @@ static void retry_later(struct rconn *rc) {
 /* The other connection of the pair came back: Redis is there again, so a
  * connection waiting for its next try goes now. */
 static void retry_now(struct rconn *rc) {
-  if (rc->b->closing || rc->ac || rc->resolving) return;
+  if (rc->sh->b->closing || rc->ac || rc->resolving) return;
   uv_timer_start(&rc->retry, on_retry, 0, 0);
 }
 
-static void free_unsubs(struct bus *b) {
-  while (b->unsubs) {
-    struct unsub *u = b->unsubs;
-    b->unsubs = u->next;
+static void free_unsubs(struct shard *sh) {
+  while (sh->unsubs) {
+    struct unsub *u = sh->unsubs;
+    sh->unsubs = u->next;
     free(u);
   }
 }
 
-static void set_gauge(struct bus *b) { metric_gauge(b->env.m, G_REDIS_CONNECTED, bus_ready(b)); }
+/* The worker's gauges: G_REDIS_CONNECTED is 1 while at least one shard is
+ * ready (its topics work), and each shard has its own. */
+void bridge_gauge(struct bus *b) {
+  for (unsigned i = 0; i < b->nshards; i++)
+    metric_shard(b->env.m, i, bridge_shard_ready(&b->shards[i]));
+  metric_gauge(b->env.m, G_REDIS_CONNECTED, bus_ready(b));
+}
+
+static void set_gauge(struct shard *sh) { bridge_gauge(sh->b); }
 
 /* ---- subscriber side ---- */
 
@@ -87,27 +95,31 @@ size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char 
   return b->prefix_len + tlen;
 }
 
+struct shard *bridge_shard(struct bus *b, const char *topic, size_t tlen) {
+  return &b->shards[shard_of(topic, tlen, b->nshards)];
+}
+
 /* The subscriber connection cannot hold what it should (a command could not
  * be queued): drop it, so that the reconnect re-subscribes every topic. */
-static void sub_reset(struct bus *b, const char *what) {
+static void sub_reset(struct shard *sh, const char *what) {
   log_error("redis_subscribe_failed",
-            "Redis subscriber connection to %s: cannot queue %s: reconnecting", b->where, what);
-  if (b->sub.ac) redisAsyncDisconnect(b->sub.ac);
+            "Redis subscriber connection to %s: cannot queue %s: reconnecting", sh->where, what);
+  if (sh->sub.ac) redisAsyncDisconnect(sh->sub.ac);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
 
-static void send_subscribe(struct bus *b, const char *channel, size_t len) {
+static void send_subscribe(struct shard *sh, const char *channel, size_t len) {
   const char *argv[2] = {"SUBSCRIBE", channel};
   size_t lens[2] = {9, len};
-  if (redisAsyncCommandArgv(b->sub.ac, on_sub_reply, b, 2, argv, lens) != REDIS_OK)
-    sub_reset(b, "a SUBSCRIBE");
-  else history_sub_sent(b, 1);
+  if (redisAsyncCommandArgv(sh->sub.ac, on_sub_reply, sh, 2, argv, lens) != REDIS_OK)
+    sub_reset(sh, "a SUBSCRIBE");
+  else history_sub_sent(sh, 1);
 }
 
-static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len,
+static struct unsub *find_unsub(struct shard *sh, const char *channel, size_t len,
                                 struct unsub ***pp) {
-  for (struct unsub **p = &b->unsubs; *p; p = &(*p)->next) {
+  for (struct unsub **p = &sh->unsubs; *p; p = &(*p)->next) {
     if ((*p)->len == len && memcmp((*p)->channel, channel, len) == 0) {
       if (pp) *pp = p;
       return *p;
@@ -116,16 +128,16 @@ static struct unsub *find_unsub(struct bus *b, const char *channel, size_t len,
   return NULL;
 }
 
-static void on_message(struct bus *b, const redisReply *chan, const redisReply *msg) {
-  if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < b->prefix_len) return;
-  if ((size_t)msg->len > b->env.cfg->max_message_size) {
+static void on_message(struct shard *sh, const redisReply *chan, const redisReply *msg) {
+  if (msg->type != REDIS_REPLY_STRING || (size_t)chan->len < sh->b->prefix_len) return;
+  if ((size_t)msg->len > sh->b->env.cfg->max_message_size) {
     log_warn("bus_message_dropped",
              "dropping a %zu-byte message on channel %.*s: over --max-message-size",
              (size_t)msg->len, (int)chan->len, chan->str);
     return;
   }
-  if (control_channel(b, chan->str, (size_t)chan->len)) {
-    b->env.host.control(b->env.host.arg, msg->str, (size_t)msg->len);
+  if (control_channel(sh->b, chan->str, (size_t)chan->len)) {
+    sh->b->env.host.control(sh->b->env.host.arg, msg->str, (size_t)msg->len);
     return;
   }
   struct bus_pos pos;
@@ -137,48 +149,51 @@ static void on_message(struct bus *b, const redisReply *chan, const redisReply *
              (int)chan->len, chan->str);
     return;
   }
-  b->env.host.deliver(b->env.host.arg, chan->str + b->prefix_len, (size_t)chan->len - b->prefix_len,
-                      payload, plen, 0, env ? &pos : NULL);
+  sh->b->env.host.deliver(sh->b->env.host.arg, chan->str + sh->b->prefix_len,
+                          (size_t)chan->len - sh->b->prefix_len, payload, plen, 0,
+                          env ? &pos : NULL);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
-  struct bus *b = priv;
+  struct shard *sh = priv;
   redisReply *reply = r;
   if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
   redisReply *kind = reply->element[0], *chan = reply->element[1];
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING) return;
   if (strcmp(kind->str, "message") == 0) {
-    on_message(b, chan, reply->element[2]);
+    on_message(sh, chan, reply->element[2]);
   } else if (strcmp(kind->str, "subscribe") == 0) {
-    history_sub_confirmed(b);
+    history_sub_confirmed(sh);
   } else if (strcmp(kind->str, "unsubscribe") == 0) {
     struct unsub **pp;
-    struct unsub *u = find_unsub(b, chan->str, (size_t)chan->len, &pp);
+    struct unsub *u = find_unsub(sh, chan->str, (size_t)chan->len, &pp);
     if (!u) return;
     *pp = u->next;
-    if (u->resubscribe && b->sub.connected) send_subscribe(b, u->channel, u->len);
+    if (u->resubscribe && sh->sub.connected) send_subscribe(sh, u->channel, u->len);
     free(u);
   }
 }
 
 void bus_topic_first(struct bus *b, const char *topic, size_t tlen) {
-  if (!b->sub.connected) return; /* subscribed on (re)connect */
+  struct shard *sh = bridge_shard(b, topic, tlen);
+  if (!sh->sub.connected) return; /* subscribed on (re)connect */
   char ch[CHANNEL_MAX];
   size_t n = bridge_channel(b, topic, tlen, ch);
-  struct unsub *u = find_unsub(b, ch, n, NULL);
+  struct unsub *u = find_unsub(sh, ch, n, NULL);
   if (u) {
     u->resubscribe = 1;
     return;
   }
-  send_subscribe(b, ch, n);
+  send_subscribe(sh, ch, n);
 }
 
 void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
-  if (!b->sub.connected) return;
+  struct shard *sh = bridge_shard(b, topic, tlen);
+  if (!sh->sub.connected) return;
   char ch[CHANNEL_MAX];
   size_t n = bridge_channel(b, topic, tlen, ch);
-  struct unsub *u = find_unsub(b, ch, n, NULL);
+  struct unsub *u = find_unsub(sh, ch, n, NULL);
   if (u) {
     u->resubscribe = 0;
     return;
@@ -186,24 +201,24 @@ void bus_topic_last(struct bus *b, const char *topic, size_t tlen) {
   u = malloc(sizeof(*u) + n);
   if (!u) {
     /* without the record a quick re-join could lose its callback: start over */
-    sub_reset(b, "an UNSUBSCRIBE");
+    sub_reset(sh, "an UNSUBSCRIBE");
     return;
   }
   u->resubscribe = 0;
   u->len = n;
   memcpy(u->channel, ch, n);
-  u->next = b->unsubs;
-  b->unsubs = u;
+  u->next = sh->unsubs;
+  sh->unsubs = u;
   const char *argv[2] = {"UNSUBSCRIBE", ch};
   size_t lens[2] = {11, n};
-  if (redisAsyncCommandArgv(b->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
-    sub_reset(b, "an UNSUBSCRIBE");
+  if (redisAsyncCommandArgv(sh->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
+    sub_reset(sh, "an UNSUBSCRIBE");
 }
 
 /* Re-subscription in batches of RESUB_BATCH channels per SUBSCRIBE, the
  * channel names laid out in one buffer. */
 struct resub {
-  struct bus *b;
+  struct shard *sh;
   int n;
   int failed;
   size_t topics;
@@ -216,10 +231,10 @@ static void resub_flush(struct resub *r) {
   if (r->n == 0 || r->failed) return;
   r->argv[0] = "SUBSCRIBE";
   r->lens[0] = 9;
-  if (redisAsyncCommandArgv(r->b->sub.ac, on_sub_reply, r->b, r->n + 1, r->argv, r->lens) !=
+  if (redisAsyncCommandArgv(r->sh->sub.ac, on_sub_reply, r->sh, r->n + 1, r->argv, r->lens) !=
       REDIS_OK)
     r->failed = 1;
-  else history_sub_sent(r->b, (size_t)r->n);
+  else history_sub_sent(r->sh, (size_t)r->n);
   r->n = 0;
 }
 
@@ -235,27 +250,29 @@ static char *resub_add(struct resub *r, size_t len) {
 static void resub_one(void *arg, const char *topic, size_t tlen) {
   struct resub *r = arg;
   if (r->failed) return;
-  bridge_channel(r->b, topic, tlen, resub_add(r, r->b->prefix_len + tlen));
+  struct bus *b = r->sh->b;
+  if (bridge_shard(b, topic, tlen) != r->sh) return; /* another shard's */
+  bridge_channel(b, topic, tlen, resub_add(r, b->prefix_len + tlen));
   r->topics++;
   if (r->n == RESUB_BATCH) resub_flush(r);
 }
 
-static void resubscribe_all(struct bus *b) {
+static void resubscribe_all(struct shard *sh) {
   struct resub *r = malloc(sizeof(*r));
   if (!r) {
-    sub_reset(b, "the re-subscription");
+    sub_reset(sh, "the re-subscription");
     return;
   }
-  r->b = b;
+  r->sh = sh;
   r->n = 0;
   r->failed = 0;
   r->topics = 0;
   /* the control channels first: they are no topic's */
-  memcpy(resub_add(r, b->ctl_all_len), b->ctl_all, b->ctl_all_len);
-  memcpy(resub_add(r, b->ctl_to_len), b->ctl_to, b->ctl_to_len);
-  b->env.host.each_topic(b->env.host.arg, resub_one, r);
+  memcpy(resub_add(r, sh->b->ctl_all_len), sh->b->ctl_all, sh->b->ctl_all_len);
+  memcpy(resub_add(r, sh->b->ctl_to_len), sh->b->ctl_to, sh->b->ctl_to_len);
+  sh->b->env.host.each_topic(sh->b->env.host.arg, resub_one, r);
   resub_flush(r);
-  if (r->failed || history_resync_after(b) < 0) sub_reset(b, "the re-subscription");
+  if (r->failed || history_resync_after(sh) < 0) sub_reset(sh, "the re-subscription");
   else if (r->topics)
     log_info("redis_resubscribed", "re-subscribed %zu topic(s) on Redis", r->topics);
   free(r);
@@ -276,7 +293,7 @@ static void on_connect_timeout(uv_timer_t *t) {
   struct rconn *rc = t->data;
   if (rc->connected || !rc->ac) return;
   log_warn("redis_connect_timeout", "Redis %s connection to %s: no answer within %d ms", rc->name,
-           rc->b->where, CONNECT_TIMEOUT_MS);
+           rc->sh->where, CONNECT_TIMEOUT_MS);
   redisAsyncContext *ac = rc->ac;
   rc->ac = NULL;
   redisAsyncFree(ac); /* not connected: no callback comes back */
@@ -284,7 +301,7 @@ static void on_connect_timeout(uv_timer_t *t) {
 }
 
 static struct rconn *other(struct rconn *rc) {
-  return rc == &rc->b->cmd ? &rc->b->sub : &rc->b->cmd;
+  return rc == &rc->sh->cmd ? &rc->sh->sub : &rc->sh->cmd;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
@@ -293,7 +310,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     uv_timer_stop(&rc->retry);
     if (rc->attempts < 2 || rc->attempts % 10 == 0)
       log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name,
-               rc->b->where, ac->errstr);
+               rc->sh->where, ac->errstr);
     rc->ac = NULL; /* hiredis frees it after this callback */
     retry_later(rc);
     return;
@@ -308,30 +325,30 @@ static void on_connect(const redisAsyncContext *ac, int status) {
 static void on_ping(redisAsyncContext *ac, void *r, void *priv) {
   struct rconn *rc = priv;
   redisReply *reply = r;
-  if (!reply || rc->b->closing) return; /* gone: on_disconnect retries */
+  if (!reply || rc->sh->b->closing) return; /* gone: on_disconnect retries */
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "LOADING", 7) == 0)
       log_info("redis_loading",
                "Redis %s connection to %s: Redis is loading its data; trying again", rc->name,
-               rc->b->where);
+               rc->sh->where);
     else
       log_warn("redis_connect_failed", "Redis %s connection to %s: PING answered %s", rc->name,
-               rc->b->where, reply->str);
+               rc->sh->where, reply->str);
     redisAsyncDisconnect(ac);
     return;
   }
   uv_timer_stop(&rc->retry);
   rc->connected = 1;
   if (rc->attempts > 0) {
-    log_info("redis_restored", "Redis %s connection to %s restored", rc->name, rc->b->where);
-    metric_add(rc->b->env.m, M_REDIS_RECONNECTS, 1);
+    log_info("redis_restored", "Redis %s connection to %s restored", rc->name, rc->sh->where);
+    metric_add(rc->sh->b->env.m, M_REDIS_RECONNECTS, 1);
   } else {
-    log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->b->where);
+    log_info("redis_up", "Redis %s connection to %s up", rc->name, rc->sh->where);
   }
   rc->attempts = 0;
-  set_gauge(rc->b);
+  set_gauge(rc->sh);
   retry_now(other(rc));
-  if (rc == &rc->b->sub) resubscribe_all(rc->b);
+  if (rc == &rc->sh->sub) resubscribe_all(rc->sh);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -340,32 +357,32 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   rc->ac = NULL;
   int was = rc->connected;
   rc->connected = 0;
-  if (rc == &rc->b->sub) {
-    free_unsubs(rc->b);
-    history_sub_reset(rc->b);
+  if (rc == &rc->sh->sub) {
+    free_unsubs(rc->sh);
+    history_sub_reset(rc->sh);
   } else {
-    history_cmd_down(rc->b);
+    history_cmd_down(rc->sh);
   }
-  set_gauge(rc->b);
-  if (rc->b->closing) return;
+  set_gauge(rc->sh);
+  if (rc->sh->b->closing) return;
   if (was)
-    log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->b->where,
+    log_warn("redis_lost", "Redis %s connection to %s lost: %s", rc->name, rc->sh->where,
              ac->errstr[0] ? ac->errstr : "closed");
   retry_later(rc);
 }
 
 /* Queues the commands that open a connection.  Returns 0 or -1. */
 static int handshake(struct rconn *rc, redisAsyncContext *ac) {
-  const struct redis_addr *a = &rc->b->addr;
+  const struct redis_addr *a = &rc->sh->addr;
   int ok = REDIS_OK;
   if (a->password[0]) {
     if (a->user[0]) ok = redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", a->user, a->password);
     else ok = redisAsyncCommand(ac, on_auth, rc, "AUTH %s", a->password);
   }
   /* SELECT would not change what a subscriber hears: Pub/Sub ignores databases */
-  if (ok == REDIS_OK && rc == &rc->b->cmd && a->db)
+  if (ok == REDIS_OK && rc == &rc->sh->cmd && a->db)
     ok = redisAsyncCommand(ac, NULL, NULL, "SELECT %d", a->db);
-  if (ok == REDIS_OK && rc == &rc->b->cmd && history_load(rc->b, ac) < 0) ok = REDIS_ERR;
+  if (ok == REDIS_OK && rc == &rc->sh->cmd && history_load(rc->sh, ac) < 0) ok = REDIS_ERR;
   /* hiredis 0.14 learns that a non-blocking connect finished (or failed)
    * from the first write event, which only a queued command asks for */
   if (ok == REDIS_OK) ok = redisAsyncCommand(ac, on_ping, rc, "PING");
@@ -374,14 +391,14 @@ static int handshake(struct rconn *rc, redisAsyncContext *ac) {
 
 static void attach(struct rconn *rc, redisAsyncContext *ac) {
   if (!ac || ac->err) {
-    log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name, rc->b->where,
-             ac ? ac->errstr : "out of memory");
+    log_warn("redis_connect_failed", "Redis %s connection to %s failed: %s", rc->name,
+             rc->sh->where, ac ? ac->errstr : "out of memory");
     if (ac) redisAsyncFree(ac);
     retry_later(rc);
     return;
   }
   ac->data = rc;
-  if (uvadapter_attach(ac, rc->b->env.loop) != 0) {
+  if (uvadapter_attach(ac, rc->sh->b->env.loop) != 0) {
     redisAsyncFree(ac);
     retry_later(rc);
     return;
@@ -391,7 +408,7 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   if (handshake(rc, ac) < 0) {
     log_warn("redis_connect_failed", "Redis %s connection to %s: cannot queue the handshake",
-             rc->name, rc->b->where);
+             rc->name, rc->sh->where);
     rc->ac = NULL;
     redisAsyncFree(ac); /* not connected yet: no callback comes back */
     retry_later(rc);
@@ -404,12 +421,12 @@ static void attach(struct rconn *rc, redisAsyncContext *ac) {
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   struct rconn *rc = req->data;
   rc->resolving = 0;
-  if (rc->b->closing) {
+  if (rc->sh->b->closing) {
     uv_freeaddrinfo(res);
     return;
   }
   if (status != 0 || !res) {
-    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->b->addr.host, uv_strerror(status));
+    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->sh->addr.host, uv_strerror(status));
     uv_freeaddrinfo(res);
     retry_later(rc);
     return;
@@ -418,13 +435,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   if (res->ai_family == AF_INET) uv_ip4_name((struct sockaddr_in *)res->ai_addr, ip, sizeof(ip));
   else uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ip, sizeof(ip));
   uv_freeaddrinfo(res);
-  attach(rc, redisAsyncConnect(ip, rc->b->addr.port));
+  attach(rc, redisAsyncConnect(ip, rc->sh->addr.port));
 }
 
 static void rconn_start(struct rconn *rc) {
-  if (rc->b->closing || rc->ac || rc->resolving) return;
-  if (rc->b->addr.is_unix) {
-    attach(rc, redisAsyncConnectUnix(rc->b->addr.path));
+  if (rc->sh->b->closing || rc->ac || rc->resolving) return;
+  if (rc->sh->addr.is_unix) {
+    attach(rc, redisAsyncConnectUnix(rc->sh->addr.path));
     return;
   }
   /* resolve on the thread pool: the loop never blocks on DNS */
@@ -432,10 +449,11 @@ static void rconn_start(struct rconn *rc) {
   hints.ai_socktype = SOCK_STREAM;
   rc->gai.data = rc;
   rc->resolving = 1;
-  int err = uv_getaddrinfo(rc->b->env.loop, &rc->gai, on_resolved, rc->b->addr.host, NULL, &hints);
+  int err =
+      uv_getaddrinfo(rc->sh->b->env.loop, &rc->gai, on_resolved, rc->sh->addr.host, NULL, &hints);
   if (err != 0) {
     rc->resolving = 0;
-    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->b->addr.host, uv_strerror(err));
+    log_warn("redis_resolve_failed", "Redis host %s: %s", rc->sh->addr.host, uv_strerror(err));
     retry_later(rc);
   }
 }
@@ -444,88 +462,136 @@ static void on_retry(uv_timer_t *t) { rconn_start(t->data); }
 
 /* ---- the bus interface ---- */
 
+/* Sets up shard i for the URL u; returns 0 or -1 (logged). */
+static int shard_init(struct bus *b, unsigned i, struct shard_url u) {
+  struct shard *sh = &b->shards[i];
+  sh->b = b;
+  sh->index = i;
+  char one[1024], err[256];
+  snprintf(one, sizeof(one), "%.*s", (int)u.n, u.p);
+  if (redis_addr_parse(one, &sh->addr, err, sizeof(err)) < 0) {
+    log_error("redis_config_failed", "%s", err);
+    return -1;
+  }
+  redis_addr_describe(&sh->addr, sh->where, sizeof(sh->where));
+  history_shard_init(sh);
+  struct rconn *rcs[2] = {&sh->cmd, &sh->sub};
+  const char *names[2] = {"command", "subscriber"};
+  for (int k = 0; k < 2; k++) {
+    rcs[k]->sh = sh;
+    rcs[k]->name = names[k];
+    int rc = uv_timer_init(b->env.loop, &rcs[k]->retry);
+    assert(rc == 0); /* cannot fail on Linux: it only links the handle into the loop */
+    (void)rc;
+    rcs[k]->retry.data = rcs[k];
+  }
+  sh->timers_open = 2;
+  b->shards_open++;
+  return 0;
+}
+
 struct bus *bus_new(const struct bus_env *env) {
+  struct shard_url urls[SHARDS_MAX];
+  char err[256];
+  int n = shard_split(env->cfg->redis, urls, err, sizeof(err));
+  if (n < 1) {
+    log_error("redis_config_failed", "%s", err);
+    return NULL;
+  }
   struct bus *b = calloc(1, sizeof(*b));
   if (!b) {
     log_error("redis_config_failed", "out of memory");
     return NULL;
   }
   b->env = *env;
-  char err[256];
-  if (redis_addr_parse(env->cfg->redis, &b->addr, err, sizeof(err)) < 0) {
-    log_error("redis_config_failed", "%s", err);
-    free(b);
-    return NULL;
-  }
-  redis_addr_describe(&b->addr, b->where, sizeof(b->where));
-  if (history_init(b) < 0) {
-    log_error("redis_config_failed", "cannot build the history function library");
-    free(b);
-    return NULL;
-  }
   b->prefix = env->cfg->redis_prefix;
   b->prefix_len = strlen(b->prefix);
-  if (control_init(b) < 0) {
-    log_error("redis_config_failed", "cannot draw the worker's inbox name");
+  if (history_init(b) < 0 || control_init(b) < 0) {
+    log_error("redis_config_failed", "cannot build the history function library or the inbox");
     history_free(b);
     free(b);
     return NULL;
   }
-  struct rconn *rcs[2] = {&b->cmd, &b->sub};
-  const char *names[2] = {"command", "subscriber"};
-  for (int i = 0; i < 2; i++) {
-    rcs[i]->b = b;
-    rcs[i]->name = names[i];
-    int rc = uv_timer_init(env->loop, &rcs[i]->retry);
-    assert(rc == 0); /* cannot fail on Linux: it only links the handle into the loop */
-    (void)rc;
-    rcs[i]->retry.data = rcs[i];
+  for (int i = 0; i < n; i++) {
+    if (shard_init(b, (unsigned)i, urls[i]) < 0) {
+      bus_free(b);
+      return NULL;
+    }
+    b->nshards++;
   }
   srand((unsigned)uv_hrtime() ^ (unsigned)env->worker_id);
-  rconn_start(&b->cmd);
-  rconn_start(&b->sub);
+  for (unsigned i = 0; i < b->nshards; i++) {
+    rconn_start(&b->shards[i].cmd);
+    rconn_start(&b->shards[i].sub);
+  }
   return b;
 }
 
 static void on_timer_closed(uv_handle_t *h) {
   struct rconn *rc = h->data;
-  struct bus *b = rc->b;
-  rc->b = NULL;
-  if (!b->cmd.b && !b->sub.b) free(b);
+  struct shard *sh = rc->sh;
+  struct bus *b = sh->b;
+  if (--sh->timers_open == 0 && --b->shards_open == 0) free(b);
 }
 
-/* The bus' memory holds the two retry timers: it is freed in the second
+/* The bus' memory holds every shard's retry timers: it is freed in the last
  * timer's close callback (never from inside a callback of its own), which
  * the worker's loop runs during its teardown. */
 void bus_free(struct bus *b) {
   if (!b) return;
   b->closing = 1;
-  /* pending publishes get their callbacks (NULL replies) from these */
-  if (b->cmd.ac) redisAsyncFree(b->cmd.ac);
-  if (b->sub.ac) redisAsyncFree(b->sub.ac);
-  if (b->cmd.resolving) uv_cancel((uv_req_t *)&b->cmd.gai);
-  if (b->sub.resolving) uv_cancel((uv_req_t *)&b->sub.gai);
-  free_unsubs(b);
+  if (b->shards_open == 0) { /* no shard got its timers */
+    history_free(b);
+    free(b);
+    return;
+  }
+  for (unsigned i = 0; i < SHARDS_MAX; i++) {
+    struct shard *sh = &b->shards[i];
+    if (!sh->timers_open) continue;
+    /* pending publishes get their callbacks (NULL replies) from these */
+    if (sh->cmd.ac) redisAsyncFree(sh->cmd.ac);
+    if (sh->sub.ac) redisAsyncFree(sh->sub.ac);
+    if (sh->cmd.resolving) uv_cancel((uv_req_t *)&sh->cmd.gai);
+    if (sh->sub.resolving) uv_cancel((uv_req_t *)&sh->sub.gai);
+    free_unsubs(sh);
+    history_shard_free(sh);
+    uv_close((uv_handle_t *)&sh->cmd.retry, on_timer_closed);
+    uv_close((uv_handle_t *)&sh->sub.retry, on_timer_closed);
+  }
   history_free(b);
-  uv_close((uv_handle_t *)&b->cmd.retry, on_timer_closed);
-  uv_close((uv_handle_t *)&b->sub.retry, on_timer_closed);
 }
 
+int bridge_shard_ready(const struct shard *sh) {
+  return sh->cmd.connected && sh->sub.connected && (!sh->b->lib || sh->lib_loaded);
+}
+
+/* Ready while at least one shard is: the others' topics answer
+ * bus_unavailable, the rest work (a partial outage stays partial). */
 int bus_ready(const struct bus *b) {
-  return b && b->cmd.connected && b->sub.connected && (!b->lib || b->lib_loaded);
+  if (!b) return 0;
+  for (unsigned i = 0; i < b->nshards; i++)
+    if (bridge_shard_ready(&b->shards[i])) return 1;
+  return 0;
+}
+
+static const char *shard_reason(const struct shard *sh) {
+  if (!sh->cmd.connected && !sh->sub.connected) return "Redis not connected";
+  if (!sh->cmd.connected) return "Redis command connection down";
+  if (!sh->sub.connected) return "Redis subscriber connection down";
+  if (sh->b->lib && !sh->lib_loaded)
+    return "Redis history functions not loaded (they need Redis 7)";
+  return "ready";
 }
 
 const char *bus_not_ready_reason(const struct bus *b) {
   if (!b) return "no Redis bus";
-  if (!b->cmd.connected && !b->sub.connected) return "Redis not connected";
-  if (!b->cmd.connected) return "Redis command connection down";
-  if (!b->sub.connected) return "Redis subscriber connection down";
-  if (b->lib && !b->lib_loaded) return "Redis history functions not loaded (they need Redis 7)";
-  return "ready";
+  if (bus_ready(b)) return "ready";
+  if (b->nshards == 1) return shard_reason(&b->shards[0]);
+  return "no Redis shard connected";
 }
 
 struct pending {
-  struct bus *b;
+  struct shard *sh;
   void *req;
 };
 
@@ -534,23 +600,24 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv) {
   struct pending *p = priv;
   redisReply *reply = r;
   int err = reply && reply->type == REDIS_REPLY_INTEGER ? BUS_OK : BUS_EUNAVAILABLE;
-  p->b->env.host.published(p->b->env.host.arg, p->req, err, NULL);
+  p->sh->b->env.host.published(p->sh->b->env.host.arg, p->req, err, NULL);
   free(p);
 }
 
 int bus_publish(struct bus *b, const char *topic, size_t tlen, const char *payload, size_t plen,
                 int keep, void *req) {
-  if (!b->cmd.connected) return BUS_EUNAVAILABLE;
+  struct shard *sh = bridge_shard(b, topic, tlen);
+  if (!sh->cmd.connected) return BUS_EUNAVAILABLE;
   char ch[CHANNEL_MAX];
   size_t n = bridge_channel(b, topic, tlen, ch);
-  if (keep && b->lib) return history_publish(b, ch, n, payload, plen, req);
+  if (keep && sh->b->lib) return history_publish(sh, ch, n, payload, plen, req);
   struct pending *p = malloc(sizeof(*p));
   if (!p) return BUS_ENOMEM;
-  p->b = b;
+  p->sh = sh;
   p->req = req;
   const char *argv[3] = {"PUBLISH", ch, payload};
   size_t lens[3] = {7, n, plen};
-  if (redisAsyncCommandArgv(b->cmd.ac, on_published, p, 3, argv, lens) != REDIS_OK) {
+  if (redisAsyncCommandArgv(sh->cmd.ac, on_published, p, 3, argv, lens) != REDIS_OK) {
     free(p);
     return BUS_EUNAVAILABLE;
   }

@@ -43,7 +43,7 @@ struct read_wait {
 };
 
 struct hread {
-  struct bus *b;
+  struct shard *sh;
   void *req;
   uint64_t since;
   size_t limit;
@@ -52,13 +52,12 @@ struct hread {
 };
 
 struct hpub {
-  struct bus *b;
+  struct shard *sh;
   void *req;
 };
 
 int history_init(struct bus *b) {
   const struct config *cfg = b->env.cfg;
-  b->waits_tail = &b->waits;
   if (cfg->history_size <= 0) return 0;
   size_t cap = history_lib_source_bound();
   if (!(b->lib = malloc(cap))) return -1;
@@ -71,49 +70,54 @@ int history_init(struct bus *b) {
   return 0;
 }
 
+void history_free(struct bus *b) {
+  free(b->lib);
+  b->lib = NULL;
+}
+
 static void answer_read(struct hread *r, int err, const struct bus_history *h) {
-  r->b->env.host.history(r->b->env.host.arg, r->req, err, h);
+  r->sh->b->env.host.history(r->sh->b->env.host.arg, r->req, err, h);
   free(r);
 }
 
-void history_free(struct bus *b) {
-  while (b->waits) {
-    struct read_wait *w = b->waits;
-    b->waits = w->next;
+void history_shard_init(struct shard *sh) { sh->waits_tail = &sh->waits; }
+
+void history_shard_free(struct shard *sh) {
+  while (sh->waits) {
+    struct read_wait *w = sh->waits;
+    sh->waits = w->next;
     if (w->r) answer_read(w->r, BUS_EUNAVAILABLE, NULL);
     free(w);
   }
-  b->waits_tail = &b->waits;
-  free(b->lib);
-  b->lib = NULL;
+  sh->waits_tail = &sh->waits;
 }
 
 /* ---- loading the library ---- */
 
 static void on_loaded(redisAsyncContext *ac, void *r, void *priv) {
   (void)ac;
-  struct bus *b = priv;
+  struct shard *sh = priv;
   redisReply *reply = r;
   if (!reply) return; /* the connection went: loaded again on the next */
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "LOADING", 7) == 0) return; /* the PING after it drops the connection */
     log_error("redis_history_unavailable",
               "Redis at %s refused the history functions (FUNCTION LOAD needs Redis 7): %s",
-              b->where, reply->str);
+              sh->where, reply->str);
     return;
   }
-  b->lib_loaded = 1;
-  metric_gauge(b->env.m, G_REDIS_CONNECTED, bus_ready(b));
+  sh->lib_loaded = 1;
+  bridge_gauge(sh->b);
 }
 
-int history_load(struct bus *b, redisAsyncContext *ac) {
-  if (!b->lib) return 0;
-  const char *argv[4] = {"FUNCTION", "LOAD", "REPLACE", b->lib};
-  size_t lens[4] = {8, 4, 7, strlen(b->lib)};
-  return redisAsyncCommandArgv(ac, on_loaded, b, 4, argv, lens) == REDIS_OK ? 0 : -1;
+int history_load(struct shard *sh, redisAsyncContext *ac) {
+  if (!sh->b->lib) return 0;
+  const char *argv[4] = {"FUNCTION", "LOAD", "REPLACE", sh->b->lib};
+  size_t lens[4] = {8, 4, 7, strlen(sh->b->lib)};
+  return redisAsyncCommandArgv(ac, on_loaded, sh, 4, argv, lens) == REDIS_OK ? 0 : -1;
 }
 
-void history_cmd_down(struct bus *b) { b->lib_loaded = 0; }
+void history_cmd_down(struct shard *sh) { sh->lib_loaded = 0; }
 
 /* ---- the envelope ---- */
 
@@ -166,24 +170,24 @@ static void on_hpublished(redisAsyncContext *ac, void *r, void *priv) {
   } else if (reply && reply->type == REDIS_REPLY_ERROR) {
     log_warn("redis_history_publish_failed", "tidings_publish failed: %s", reply->str);
   }
-  p->b->env.host.published(p->b->env.host.arg, p->req, ok ? BUS_OK : BUS_EUNAVAILABLE,
-                           ok ? &pos : NULL);
+  p->sh->b->env.host.published(p->sh->b->env.host.arg, p->req, ok ? BUS_OK : BUS_EUNAVAILABLE,
+                               ok ? &pos : NULL);
   free(p);
 }
 
-int history_publish(struct bus *b, const char *channel, size_t clen, const char *payload,
+int history_publish(struct shard *sh, const char *channel, size_t clen, const char *payload,
                     size_t plen, void *req) {
-  if (!b->lib_loaded) return BUS_EUNAVAILABLE;
+  if (!sh->lib_loaded) return BUS_EUNAVAILABLE;
   struct hpub *p = malloc(sizeof(*p));
   if (!p) return BUS_ENOMEM;
-  p->b = b;
+  p->sh = sh;
   p->req = req;
   char maxlen[24], ttl[24];
-  int ml = snprintf(maxlen, sizeof(maxlen), "%d", b->env.cfg->history_size);
-  int tl = snprintf(ttl, sizeof(ttl), "%d", b->env.cfg->history_ttl);
+  int ml = snprintf(maxlen, sizeof(maxlen), "%d", sh->b->env.cfg->history_size);
+  int tl = snprintf(ttl, sizeof(ttl), "%d", sh->b->env.cfg->history_ttl);
   const char *argv[7] = {"FCALL", "tidings_publish", "1", channel, payload, maxlen, ttl};
   size_t lens[7] = {5, 15, 1, clen, plen, (size_t)ml, (size_t)tl};
-  if (redisAsyncCommandArgv(b->cmd.ac, on_hpublished, p, 7, argv, lens) != REDIS_OK) {
+  if (redisAsyncCommandArgv(sh->cmd.ac, on_hpublished, p, 7, argv, lens) != REDIS_OK) {
     free(p);
     return BUS_EUNAVAILABLE;
   }
@@ -244,40 +248,41 @@ static void on_read(redisAsyncContext *ac, void *r, void *priv) {
 
 /* Sends the read; returns 0 or -1 (not sent: the caller answers it). */
 static int send_read(struct hread *r) {
-  struct bus *b = r->b;
-  if (!b->cmd.connected || !b->lib_loaded) return -1;
+  struct shard *sh = r->sh;
+  if (!sh->cmd.connected || !sh->lib_loaded) return -1;
   char since[24], limit[24];
   unsigned long long from = r->since > LUA_UINT_MAX ? LUA_UINT_MAX : (unsigned long long)r->since;
   int sl = snprintf(since, sizeof(since), "%llu", from);
   int ll = snprintf(limit, sizeof(limit), "%zu", r->limit);
   const char *argv[6] = {"FCALL_RO", "tidings_history", "1", r->channel, since, limit};
   size_t lens[6] = {8, 15, 1, r->clen, (size_t)sl, (size_t)ll};
-  return redisAsyncCommandArgv(b->cmd.ac, on_read, r, 6, argv, lens) == REDIS_OK ? 0 : -1;
+  return redisAsyncCommandArgv(sh->cmd.ac, on_read, r, 6, argv, lens) == REDIS_OK ? 0 : -1;
 }
 
-static int enqueue(struct bus *b, struct hread *r) {
+static int enqueue(struct shard *sh, struct hread *r) {
   struct read_wait *w = malloc(sizeof(*w));
   if (!w) return -1;
   w->next = NULL;
-  w->need = b->sub_sent;
+  w->need = sh->sub_sent;
   w->r = r;
-  *b->waits_tail = w;
-  b->waits_tail = &w->next;
+  *sh->waits_tail = w;
+  sh->waits_tail = &w->next;
   return 0;
 }
 
 int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, size_t limit,
                 void *req) {
-  if (!b->lib || !b->cmd.connected || !b->lib_loaded) return BUS_EUNAVAILABLE;
+  struct shard *sh = bridge_shard(b, topic, tlen);
+  if (!b->lib || !sh->cmd.connected || !sh->lib_loaded) return BUS_EUNAVAILABLE;
   struct hread *r = malloc(sizeof(*r));
   if (!r) return BUS_ENOMEM;
-  r->b = b;
+  r->sh = sh;
   r->req = req;
   r->since = since;
   r->limit = limit;
   r->clen = bridge_channel(b, topic, tlen, r->channel);
-  if (b->sub.connected && b->sub_confirmed < b->sub_sent) {
-    if (enqueue(b, r) < 0) {
+  if (sh->sub.connected && sh->sub_confirmed < sh->sub_sent) {
+    if (enqueue(sh, r) < 0) {
       free(r);
       return BUS_ENOMEM;
     }
@@ -292,38 +297,38 @@ int bus_history(struct bus *b, const char *topic, size_t tlen, uint64_t since, s
 
 /* Runs the waits whose confirmations have all arrived; with all set, every
  * wait (the subscriber connection went: none will come). */
-static void release(struct bus *b, int all) {
-  while (b->waits && (all || b->waits->need <= b->sub_confirmed)) {
-    struct read_wait *w = b->waits;
-    b->waits = w->next;
-    if (!b->waits) b->waits_tail = &b->waits;
+static void release(struct shard *sh, int all) {
+  while (sh->waits && (all || sh->waits->need <= sh->sub_confirmed)) {
+    struct read_wait *w = sh->waits;
+    sh->waits = w->next;
+    if (!sh->waits) sh->waits_tail = &sh->waits;
     if (w->r) {
       if (send_read(w->r) < 0) answer_read(w->r, BUS_EUNAVAILABLE, NULL);
     } else if (!all) {
-      b->env.host.resynced(b->env.host.arg);
+      sh->b->env.host.resynced(sh->b->env.host.arg);
     }
     free(w);
   }
 }
 
-void history_sub_sent(struct bus *b, size_t n) { b->sub_sent += n; }
+void history_sub_sent(struct shard *sh, size_t n) { sh->sub_sent += n; }
 
-void history_sub_confirmed(struct bus *b) {
-  b->sub_confirmed++;
-  release(b, 0);
+void history_sub_confirmed(struct shard *sh) {
+  sh->sub_confirmed++;
+  release(sh, 0);
 }
 
-void history_sub_reset(struct bus *b) {
-  b->sub_sent = b->sub_confirmed = 0;
-  release(b, 1);
+void history_sub_reset(struct shard *sh) {
+  sh->sub_sent = sh->sub_confirmed = 0;
+  release(sh, 1);
 }
 
 /* The re-subscription after a (re)connect has been sent: host.resynced
  * fires once Redis has confirmed all of it. */
-int history_resync_after(struct bus *b) {
-  if (b->sub_confirmed >= b->sub_sent) {
-    b->env.host.resynced(b->env.host.arg);
+int history_resync_after(struct shard *sh) {
+  if (sh->sub_confirmed >= sh->sub_sent) {
+    sh->b->env.host.resynced(sh->b->env.host.arg);
     return 0;
   }
-  return enqueue(b, NULL);
+  return enqueue(sh, NULL);
 }

@@ -20,6 +20,7 @@
 #include "api.h"
 #include "auth.h"
 #include "bus.h"
+#include "clientjs.h"
 #include "conn.h"
 #include "origin.h"
 #include "pmd.h"
@@ -185,6 +186,7 @@ static int handle_request(struct conn *c, const struct http_request *req) {
     shm_ip_add(c->w->shm, c->w->shm_row, bucket, 1);
     return 1;
   }
+  if (clientjs_serve(c, req)) return 0; /* GET/HEAD /tidings.js */
   if (req->method.n != 3 || memcmp(req->method.p, "GET", 3) != 0) {
     respond(c, 405, "Allow: GET\r\n", "Method not allowed\n");
     return 0;

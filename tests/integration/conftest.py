@@ -403,9 +403,13 @@ class Redis(RedisCli):
     """A real redis-server on a loopback port, killable and restartable on
     the same port."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, *extra):
+        """extra: more redis-server options (e.g. "--appendonly", "yes");
+        tmp_path holds its files: give each server of a test its own."""
         super().__init__(port=free_port())
         self.dir = tmp_path
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
         self.proc = None
 
     def answers_ping(self):
@@ -422,7 +426,7 @@ class Redis(RedisCli):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-             "--loglevel", "warning"],
+             "--loglevel", "warning", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up():

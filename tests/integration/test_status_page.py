@@ -36,7 +36,8 @@ MIN_TESTS = 6  # what status.test.js defines
 
 WORKER_KEYS = {"worker": int, "pid": int, "up": bool, "redis": bool, "connections": int,
                "topics": int, "messages_in": int, "deliveries": int, "publishes": int,
-               "bytes_in": int, "bytes_out": int, "slow_dropped": int, "rate_limited": int}
+               "bytes_in": int, "bytes_out": int, "slow_dropped": int, "rate_limited": int,
+               "shards_up": list}
 
 
 def png_size(path):
@@ -92,12 +93,14 @@ def snapshot(ws, timeout=3.0):
     fin, op, payload = ws.recv_data(timeout)
     assert fin and op == OP_TEXT, (fin, op, payload[:200])
     s = json.loads(payload)
-    assert set(s) == {"time", "restarts", "workers"}, s
+    assert set(s) == {"time", "restarts", "shards", "workers"}, s
     assert isinstance(s["time"], (int, float)) and isinstance(s["restarts"], int), s
+    assert s["shards"] and all(isinstance(n, str) for n in s["shards"]), s
     for w in s["workers"]:
         assert set(w) == set(WORKER_KEYS), w
         for k, t in WORKER_KEYS.items():
             assert type(w[k]) is t, (k, w)
+        assert len(w["shards_up"]) == len(s["shards"]), w
     return s
 
 
