@@ -35,7 +35,8 @@
 #define LINGER_MS 2000 /* a closing answer: time for the client to read it */
 #define INLINE_BODY 96 /* answers this small live in the request */
 #define STASH_CAP (HTTP_MAX_HEADER_BYTES + 64 * 1024)
-#define BODY_FIRST_CAP 4096 /* a chunked body's buffer starts here and doubles */
+#define BODY_FIRST_CAP 4096 /* a split body's buffer starts here and doubles */
+#define BODY_KEEP_CAP 65536 /* ...and is kept between requests up to this size */
 #define JSON_FLAGS (JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL)
 #define CT_JSON "application/json"
 
@@ -59,6 +60,7 @@ struct api_req {
   unsigned done : 1;  /* the answer is ready */
   unsigned close : 1; /* close the connection after the answer */
   unsigned held : 1;  /* holds a reference on c (the bus has it) */
+  unsigned ka10 : 1;  /* HTTP/1.0 with keep-alive: the answer says it keeps */
   int status;
   const char *extra; /* static extra header lines, or NULL */
   char *body;        /* the answer's body: inline or malloc'd */
@@ -169,8 +171,13 @@ static void free_req(struct api_req *r) {
 
 /* Writes the answers at the head of the queue that are ready. */
 static void write_answer(struct conn *c, struct api_req *r, int close) {
-  char out[512];
-  int n = http_format_head(out, sizeof(out), r->status, CT_JSON, r->blen, r->extra, close);
+  char out[512], extra[128];
+  const char *x = r->extra;
+  if (r->ka10 && !close) {
+    snprintf(extra, sizeof(extra), "%sConnection: keep-alive\r\n", x ? x : "");
+    x = extra;
+  }
+  int n = http_format_head(out, sizeof(out), r->status, CT_JSON, r->blen, x, close);
   int rc;
   if (n < 0) {
     conn_close(c);
@@ -588,6 +595,8 @@ static int on_head(struct conn *c, const struct http_request *req, size_t avail_
   if (!keep) {
     r->close = 1;
     a->last = 1; /* nothing after this request is read */
+  } else if (req->minor_version == 0) {
+    r->ka10 = 1;
   }
   a->discard = 0;
   a->blen = 0;
@@ -662,12 +671,19 @@ static void on_body(struct conn *c, const char *body, size_t len) {
   a->cur = NULL;
   a->phase = P_HEAD;
   a->in_request = 0;
-  if (a->discard || !r || r->done) return;
-  switch (r->ep) {
-    case API_EP_PUBLISH: do_publish(r, body, len); break;
-    case API_EP_BROADCAST: do_broadcast(r, body, len); break;
-    case API_EP_DISCONNECT: do_disconnect(r, body, len); break;
-    default: finish_proto(r, PROTO_EINTERNAL); break;
+  if (!a->discard && r && !r->done) {
+    switch (r->ep) {
+      case API_EP_PUBLISH: do_publish(r, body, len); break;
+      case API_EP_BROADCAST: do_broadcast(r, body, len); break;
+      case API_EP_DISCONNECT: do_disconnect(r, body, len); break;
+      default: finish_proto(r, PROTO_EINTERNAL); break;
+    }
+  }
+  /* a large body buffer is not kept for the next request */
+  if (a->bcap > BODY_KEEP_CAP) {
+    free(a->body);
+    a->body = NULL;
+    a->bcap = 0;
   }
 }
 

@@ -373,7 +373,8 @@ def test_connection_close_and_http10(start_server, redis):
     c = ApiConn(srv.port)
     for _ in range(2):
         c.send(req("POST", "/api/publish", body, AUTH + "Connection: keep-alive\r\n", version="1.0"))
-        assert c.read().status == 200
+        r = c.read()
+        assert (r.status, r.header("connection")) == (200, "keep-alive"), r
     c.close()
 
 
