@@ -51,7 +51,7 @@ COMMON_SRC := common/backoff.c common/shard.c common/log.c common/config.c commo
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
               worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c \
-              worker/recovery.c worker/control.c
+              worker/recovery.c worker/control.c worker/api.c
 BUS_SRC    := redis/bridge.c redis/cluster.c redis/control.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c

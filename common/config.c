@@ -96,6 +96,14 @@ static const struct opt opts[] = {
      "seconds of clock skew allowed when checking exp and nbf"},
     {"admin-listen", OPT_STR, OFF(admin_listen), 0, 0, "127.0.0.1:9090",
      "address of the admin listener (/metrics, /healthz, /readyz, /status); off = none"},
+    {"api-key", OPT_STR, OFF(api_key), 0, 0, "",
+     "key of the HTTP API under /api/ (at least 16 bytes; prefer --api-key-file); the API is "
+     "off without a key"},
+    {"api-key-file", OPT_STR, OFF(api_key_file), 0, 0, "",
+     "file holding the HTTP API's key (trailing newline ignored)"},
+    {"api-listen", OPT_STR, OFF(api_listen), 0, 0, "",
+     "host:port of a separate (private) listener for the HTTP API; /api/ on the public port "
+     "then answers 404"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
     {"no-client-js", OPT_BOOL, OFF(no_client_js), 0, 1, "0",
@@ -140,6 +148,7 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *val, con
     case OPT_STR:
       *(const char **)field = val;
       if (o->offset == OFF(jwt_secret) && strcmp(src, "default") != 0) cfg->jwt_secret_given = 1;
+      if (o->offset == OFF(api_key) && strcmp(src, "default") != 0) cfg->api_key_given = 1;
       return 0;
     case OPT_BOOL:
       if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") ||
@@ -213,6 +222,31 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "give only one of --jwt-secret, --jwt-secret-file and --jwt-public-key");
     return -1;
   }
+  if (cfg->api_key[0] && cfg->api_key_file[0]) {
+    snprintf(err, errlen, "give only one of --api-key and --api-key-file");
+    return -1;
+  }
+  /* the key itself is never quoted in a message */
+  if (cfg->api_key_given &&
+      (strlen(cfg->api_key) < API_KEY_MIN_LEN || strlen(cfg->api_key) > API_KEY_MAX_LEN)) {
+    snprintf(err, errlen,
+             "--api-key must be %d to %d bytes long (a random key: openssl rand -hex 32)",
+             API_KEY_MIN_LEN, API_KEY_MAX_LEN);
+    return -1;
+  }
+  if (cfg->api_listen[0] && !cfg->api_key[0] && !cfg->api_key_file[0]) {
+    snprintf(err, errlen, "--api-listen needs --api-key or --api-key-file");
+    return -1;
+  }
+  if (cfg->api_listen[0]) {
+    char host[256];
+    int port;
+    if (config_split_hostport(cfg->api_listen, host, sizeof(host), &port) < 0) {
+      snprintf(err, errlen, "--api-listen expects host:port (e.g. 127.0.0.1:8081), got '%s'",
+               cfg->api_listen);
+      return -1;
+    }
+  }
   /* the drain happens within the grace period */
   if (cfg->drain_window > cfg->shutdown_grace) cfg->drain_window = cfg->shutdown_grace;
   struct shard_url urls[SHARDS_MAX];
@@ -230,6 +264,24 @@ static int check(struct config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "--redis-prefix is longer than %d bytes", REDIS_PREFIX_MAX_LEN);
     return -1;
   }
+  return 0;
+}
+
+int config_split_hostport(const char *s, char *host, size_t hostlen, int *port) {
+  const char *colon = strrchr(s, ':');
+  if (!colon || colon == s) return -1;
+  const char *h = s, *he = colon;
+  if (*h == '[') { /* [IPv6]:port */
+    if (he[-1] != ']') return -1;
+    h++;
+    he--;
+  }
+  if (he <= h || (size_t)(he - h) >= hostlen) return -1;
+  long long p;
+  if (parse_ll(colon + 1, &p, 0) < 0 || p < 1 || p > 65535) return -1;
+  memcpy(host, h, (size_t)(he - h));
+  host[he - h] = '\0';
+  *port = (int)p;
   return 0;
 }
 
@@ -326,12 +378,14 @@ void config_log(const struct config *c) {
            "max-subscriptions=%d echo-path=%s log-level=%s shutdown-grace=%ds "
            "handshake-timeout=%ds redis=%s redis-prefix='%s' proxy-protocol=%s compression=%s "
            "compression-threshold=%zu max-queued-bytes=%zu slow-policy=%s slow-grace=%ds "
-           "history-size=%d history-ttl=%ds history-topics='%s' drain-window=%ds",
+           "history-size=%d history-ttl=%ds history-topics='%s' drain-window=%ds api=%s "
+           "api-listen=%s",
            c->bind, c->port, c->workers, c->ping_interval, c->max_message_size,
            c->max_subscriptions, c->echo_path[0] ? c->echo_path : "off",
            log_level_name(c->log_level), c->shutdown_grace, c->handshake_timeout, where,
            c->redis_prefix, c->proxy_protocol ? "on" : "off",
            c->no_compression ? "off" : "permessage-deflate", c->compression_threshold,
            c->max_queued_bytes, c->slow_policy, c->slow_grace, c->history_size, c->history_ttl,
-           c->history_topics, c->drain_window);
+           c->history_topics, c->drain_window, c->api_key[0] || c->api_key_file[0] ? "on" : "off",
+           c->api_listen[0] ? c->api_listen : "public-port");
 }

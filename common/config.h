@@ -19,6 +19,8 @@
 #define TOPIC_MAX_LEN 128
 #define REDIS_PREFIX_MAX_LEN 64 /* --redis-prefix */
 #define HTTP_MAX_HEADER_BYTES 8192
+#define API_KEY_MIN_LEN 16 /* bytes of --api-key */
+#define API_KEY_MAX_LEN 4096
 
 struct config {
   const char *bind;
@@ -58,6 +60,10 @@ struct config {
   int history_ttl;              /* seconds a topic's history lives after its last publish */
   const char *history_topics;   /* comma-separated patterns of topics with history */
   int drain_window;             /* seconds over which a drain closes clients */
+  const char *api_key;          /* the HTTP API's key, or "": the API is off */
+  int api_key_given;            /* --api-key was set, maybe to "" */
+  const char *api_key_file;     /* file holding the key, or "" */
+  const char *api_listen;       /* host:port of a listener for the API alone, or "" */
   int no_client_js;             /* bool: no GET /tidings.js on the public port */
   int help;
   int version;
@@ -66,6 +72,10 @@ struct config {
 /* Fills cfg from defaults, the environment and argv.  Returns 0 on success;
  * on error writes one line (no newline) to err and returns -1. */
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Splits "host:port" or "[v6]:port" into host (NUL-terminated) and port
+ * 1..65535.  Returns 0 or -1. */
+int config_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 
 /* Prints --help text. */
 void config_usage(FILE *out, const char *prog);

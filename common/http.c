@@ -38,12 +38,20 @@ static void set_header(struct http_request *req, struct http_str name, struct ht
       {"sec-websocket-protocol", &req->ws_protocol},
       {"sec-websocket-extensions", &req->ws_extensions},
       {"authorization", &req->authorization},
+      {"content-length", &req->content_length},
+      {"transfer-encoding", &req->transfer_encoding},
+      {"content-type", &req->content_type},
+      {"expect", &req->expect},
       {"if-none-match", &req->if_none_match},
   };
   for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
     if (!streq_ci(name, known[i].name)) continue;
     struct http_str *f = known[i].field;
-    if (f == &req->ws_key && f->p) req->dup_key = 1;
+    if (f->p) {
+      if (f == &req->ws_key) req->dup_key = 1;
+      else if (f == &req->content_length) req->dup_length = 1;
+      else if (f == &req->transfer_encoding) req->dup_te = 1;
+    }
     /* Repeated list headers (Connection, extensions, protocols) are kept as
      * the first occurrence; clients send them once in practice. */
     if (!f->p) *f = value;
@@ -189,6 +197,7 @@ void http_accept_key(struct http_str key, char out[29]) {
 
 const char *http_reason(int status) {
   switch (status) {
+    case 100: return "Continue";
     case 101: return "Switching Protocols";
     case 200: return "OK";
     case 400: return "Bad Request";
@@ -197,6 +206,9 @@ const char *http_reason(int status) {
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -214,6 +226,211 @@ int http_format_response(char *out, size_t outlen, int status, const char *ctype
                    "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n%s",
                    status, http_reason(status), ctype ? ctype : "text/plain", blen,
                    extra ? extra : "", body ? body : "");
+  if (n < 0 || (size_t)n >= outlen) return -1;
+  return n;
+}
+
+/* ---- requests with a body ---- */
+
+/* Content-Length: 1*DIGIT, at most 2^53 (no client sends more, and the
+ * value stays exact in every JSON number and double). */
+#define HTTP_LENGTH_MAX (1ULL << 53)
+
+int http_body_framing(const struct http_request *req, struct http_body *body) {
+  body->kind = HTTP_BODY_NONE;
+  body->length = 0;
+  if (req->transfer_encoding.p) {
+    /* chunked alone: another coding (or a list) cannot be delimited by us,
+     * and both headers together are how requests are smuggled */
+    if (req->dup_te || req->content_length.p || !streq_ci(req->transfer_encoding, "chunked"))
+      return HTTP_EMALFORMED;
+    body->kind = HTTP_BODY_CHUNKED;
+    return 0;
+  }
+  if (!req->content_length.p) return 0;
+  struct http_str v = req->content_length;
+  if (req->dup_length || v.n == 0 || v.n > 16) return HTTP_EMALFORMED;
+  unsigned long long n = 0;
+  for (size_t i = 0; i < v.n; i++) {
+    if (v.p[i] < '0' || v.p[i] > '9') return HTTP_EMALFORMED;
+    n = n * 10 + (unsigned long long)(v.p[i] - '0');
+  }
+  if (n > HTTP_LENGTH_MAX) return HTTP_EMALFORMED;
+  body->kind = HTTP_BODY_LENGTH;
+  body->length = n;
+  return 0;
+}
+
+int http_keep_alive(const struct http_request *req) {
+  if (http_has_token(req->connection, "close")) return 0;
+  return req->minor_version >= 1 || http_has_token(req->connection, "keep-alive");
+}
+
+int http_media_type_is(struct http_str ct, const char *type) {
+  if (!ct.p) return 0;
+  size_t i = 0, e;
+  while (i < ct.n && (ct.p[i] == ' ' || ct.p[i] == '\t')) i++;
+  for (e = i; e < ct.n && ct.p[e] != ';';) e++;
+  while (e > i && (ct.p[e - 1] == ' ' || ct.p[e - 1] == '\t')) e--;
+  return streq_ci((struct http_str){ct.p + i, e - i}, type);
+}
+
+int http_expects_continue(const struct http_request *req) {
+  return req->expect.p && streq_ci(req->expect, "100-continue");
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+int http_query_param(struct http_str q, const char *name, char *out, size_t cap) {
+  size_t nl = strlen(name), i = 0;
+  while (i < q.n) {
+    size_t st = i;
+    while (i < q.n && q.p[i] != '&') i++;
+    /* q.p[st..i) is one name[=value] pair */
+    size_t eq = st;
+    while (eq < i && q.p[eq] != '=') eq++;
+    if (eq - st == nl && memcmp(q.p + st, name, nl) == 0) {
+      size_t n = 0;
+      for (size_t k = eq < i ? eq + 1 : i; k < i; k++) {
+        char c = q.p[k];
+        if (c == '%') {
+          int hi = k + 2 < i ? hexval(q.p[k + 1]) : -1, lo = hi >= 0 ? hexval(q.p[k + 2]) : -1;
+          if (lo < 0) return HTTP_EMALFORMED;
+          c = (char)(hi * 16 + lo);
+          k += 2;
+        } else if (c == '+') {
+          c = ' ';
+        }
+        if (n + 1 >= cap) return HTTP_EMALFORMED;
+        out[n++] = c;
+      }
+      if (cap == 0) return HTTP_EMALFORMED;
+      out[n] = '\0';
+      return (int)n;
+    }
+    i++; /* past the '&' */
+  }
+  return HTTP_ENOTFOUND;
+}
+
+/* The decoder's states: where in the chunked framing the next byte is. */
+enum {
+  CH_SIZE,    /* hex digits of a chunk size */
+  CH_EXT,     /* after the size: optional whitespace and ;extensions up to CR */
+  CH_SIZE_LF, /* the LF after the size line's CR */
+  CH_DATA,    /* chunk data */
+  CH_DATA_CR, /* the CRLF after the data */
+  CH_DATA_LF,
+  CH_TRAILER,      /* start of a trailer line (or the final CRLF) */
+  CH_TRAILER_LINE, /* inside a trailer field line */
+  CH_TRAILER_LF,   /* the LF after a trailer line's CR */
+  CH_END_LF,       /* the LF of the final empty line */
+};
+
+long http_chunked_decode(struct http_chunked *st, const char *src, size_t len, char *dst,
+                         size_t *dlen, size_t dcap) {
+  size_t i = 0;
+  while (i < len && !st->done) {
+    char c = src[i];
+    switch (st->state) {
+      case CH_SIZE: {
+        int h = hexval(c);
+        if (h >= 0) {
+          /* 15 hex digits (2^60) are more than any body we accept */
+          if (++st->digits > 15) return HTTP_EMALFORMED;
+          st->left = st->left * 16 + (unsigned long long)h;
+          i++;
+          break;
+        }
+        if (st->digits == 0) return HTTP_EMALFORMED;
+        st->state = CH_EXT;
+        st->line = 0;
+        break; /* the same byte again, in CH_EXT */
+      }
+      case CH_EXT:
+        if (c == '\r') {
+          st->state = CH_SIZE_LF;
+        } else if (c == '\n' || (c != '\t' && ((unsigned char)c < 0x20 || c == 0x7f)) ||
+                   ++st->line > HTTP_CHUNK_LINE_MAX) {
+          return HTTP_EMALFORMED;
+        }
+        i++;
+        break;
+      case CH_SIZE_LF:
+        if (c != '\n') return HTTP_EMALFORMED;
+        i++;
+        st->digits = 0;
+        if (st->left == 0) {
+          st->state = CH_TRAILER;
+          st->trailer = 0;
+        } else {
+          st->state = CH_DATA;
+        }
+        break;
+      case CH_DATA: {
+        size_t take = len - i;
+        if ((unsigned long long)take > st->left) take = (size_t)st->left;
+        if (take > dcap - *dlen) take = dcap - *dlen;
+        if (take == 0) return (long)i; /* dst is full */
+        if (dst) memcpy(dst + *dlen, src + i, take);
+        *dlen += take;
+        st->left -= take;
+        i += take;
+        if (st->left == 0) st->state = CH_DATA_CR;
+        break;
+      }
+      case CH_DATA_CR:
+        if (c != '\r') return HTTP_EMALFORMED;
+        st->state = CH_DATA_LF;
+        i++;
+        break;
+      case CH_DATA_LF:
+        if (c != '\n') return HTTP_EMALFORMED;
+        st->state = CH_SIZE;
+        i++;
+        break;
+      case CH_TRAILER:
+        if (c == '\r') {
+          st->state = CH_END_LF;
+          i++;
+          break;
+        }
+        st->state = CH_TRAILER_LINE;
+        break;
+      case CH_TRAILER_LINE:
+        if (++st->trailer > HTTP_TRAILER_MAX) return HTTP_EMALFORMED;
+        if (c == '\r') st->state = CH_TRAILER_LF;
+        else if (c == '\n' || (c != '\t' && ((unsigned char)c < 0x20 || c == 0x7f)))
+          return HTTP_EMALFORMED;
+        i++;
+        break;
+      case CH_TRAILER_LF:
+        if (c != '\n') return HTTP_EMALFORMED;
+        st->state = CH_TRAILER;
+        i++;
+        break;
+      case CH_END_LF:
+        if (c != '\n') return HTTP_EMALFORMED;
+        st->done = 1;
+        i++;
+        break;
+      default: return HTTP_EMALFORMED;
+    }
+  }
+  return (long)i;
+}
+
+int http_format_head(char *out, size_t outlen, int status, const char *ctype,
+                     unsigned long long content_length, const char *extra, int close) {
+  int n = snprintf(out, outlen, "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %llu\r\n%s%s\r\n", status,
+                   http_reason(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
+                   ctype ? "\r\n" : "", content_length, extra ? extra : "",
+                   close ? "Connection: close\r\n" : "");
   if (n < 0 || (size_t)n >= outlen) return -1;
   return n;
 }

@@ -43,6 +43,32 @@ enum metric_gauge {
   G__COUNT
 };
 
+/* The HTTP API's requests (tidings_api_requests_total{endpoint,status}):
+ * a fixed table of endpoint x status, so the shared-memory row keeps its
+ * size.  A status outside the list is counted under its class (the last
+ * columns: "2xx" ... "5xx"). */
+enum metric_api_endpoint {
+  API_EP_PUBLISH,
+  API_EP_BROADCAST,
+  API_EP_HISTORY,
+  API_EP_TOPICS,
+  API_EP_DISCONNECT,
+  API_EP_OTHER, /* unknown paths, and requests refused before routing */
+  API_EP__COUNT
+};
+static const char *const metric_api_endpoint_names[API_EP__COUNT] = {
+    "publish", "broadcast", "history", "topics", "disconnect", "other"};
+#define METRIC_API_STATUSES 16
+static const short metric_api_statuses[METRIC_API_STATUSES] = {
+    200, 400, 401, 404, 405, 408, 411, 413, 415, 431, 500, 503, 2, 3, 4, 5};
+
+static inline int metric_api_status_index(int status) {
+  for (int i = 0; i < METRIC_API_STATUSES - 4; i++)
+    if (metric_api_statuses[i] == status) return i;
+  int cls = status / 100;
+  return cls >= 2 && cls <= 5 ? METRIC_API_STATUSES - 4 + (cls - 2) : METRIC_API_STATUSES - 1;
+}
+
 /* Upper bounds in microseconds of the delivery latency buckets: from a
  * message's arrival from Redis to its frame's hand-over to the kernel. */
 #define METRIC_LAT_BUCKETS 14
@@ -60,6 +86,7 @@ struct metrics {
   uint64_t lat[METRIC_LAT_BUCKETS]; /* not cumulative; the reader sums */
   uint64_t lat_sum_us;
   uint64_t lat_count;
+  uint64_t api[API_EP__COUNT][METRIC_API_STATUSES];
 };
 
 static inline void metric_add(struct metrics *m, enum metric_counter k, uint64_t n) {
@@ -79,6 +106,11 @@ static inline void metric_latency(struct metrics *m, uint64_t us, uint64_t n) {
   __atomic_store_n(&m->lat[b], m->lat[b] + n, __ATOMIC_RELAXED);
   __atomic_store_n(&m->lat_sum_us, m->lat_sum_us + us * n, __ATOMIC_RELAXED);
   __atomic_store_n(&m->lat_count, m->lat_count + n, __ATOMIC_RELAXED);
+}
+
+static inline void metric_api(struct metrics *m, enum metric_api_endpoint ep, int status) {
+  uint64_t *p = &m->api[ep][metric_api_status_index(status)];
+  __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 }
 
 #endif

@@ -221,6 +221,25 @@ int admin_metrics_text(const struct admin_view *v, char **text, size_t *len) {
             "# HELP tidings_worker_restarts_total Workers restarted after dying.\n"
             "# TYPE tidings_worker_restarts_total counter\ntidings_worker_restarts_total %llu\n",
             (unsigned long long)restarts(v));
+  /* the HTTP API: endpoint x status, over every row; a series appears once
+   * it counted something (the 200s of every endpoint always) */
+  sb_printf(&s,
+            "# HELP tidings_api_requests_total HTTP API requests answered, by endpoint and "
+            "status.\n# TYPE tidings_api_requests_total counter\n");
+  for (int e = 0; e < API_EP__COUNT; e++) {
+    for (int st = 0; st < METRIC_API_STATUSES; st++) {
+      uint64_t t = 0;
+      for (unsigned r = 0; r < v->shm->nrows; r++) t += load64(&v->shm->rows[r].m.api[e][st]);
+      if (t == 0 && metric_api_statuses[st] != 200) continue;
+      int code = metric_api_statuses[st];
+      if (code < 10)
+        sb_printf(&s, "tidings_api_requests_total{endpoint=\"%s\",status=\"%dxx\"} %llu\n",
+                  metric_api_endpoint_names[e], code, (unsigned long long)t);
+      else
+        sb_printf(&s, "tidings_api_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n",
+                  metric_api_endpoint_names[e], code, (unsigned long long)t);
+    }
+  }
   /* the histogram: cumulative buckets over every row */
   uint64_t b[METRIC_LAT_BUCKETS] = {0}, sum = 0, count = 0;
   for (unsigned r = 0; r < v->shm->nrows; r++) {

@@ -112,6 +112,16 @@ int main(int argc, char **argv) {
     return EXIT_CONFIG;
   }
   auth_free(auth);
+  char *api_key;
+  size_t api_key_len;
+  if (api_key_load(&cfg, &api_key, &api_key_len, err, sizeof(err)) < 0) {
+    fprintf(stderr, "tidings: %s\n", err);
+    return EXIT_CONFIG;
+  }
+  if (api_key) {
+    memset(api_key, 0, api_key_len);
+    free(api_key);
+  }
   log_info("start", "tidings %s starting", TIDINGS_VERSION);
   config_log(&cfg);
   if (cfg.jwt_secret[0] || cfg.jwt_secret_file[0] || cfg.jwt_public_key[0])
@@ -119,6 +129,9 @@ int main(int argc, char **argv) {
   else
     log_info("auth_mode",
              "no JWT key configured: anonymous access, every client may subscribe and publish");
+  if (cfg.api_key[0] || cfg.api_key_file[0])
+    log_info("api_mode", "HTTP API on under /api/ on %s",
+             cfg.api_listen[0] ? cfg.api_listen : "the public port");
   if (!cfg.allowed_origins[0])
     log_info("origin_mode",
              "--allowed-origins is not set: WebSocket handshakes from every origin are allowed");

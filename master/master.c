@@ -80,16 +80,16 @@ struct master {
   char redis_env[sizeof("TIDINGS_REDIS=unix:") + sizeof(((struct embedded_redis *)0)->sock)];
 };
 
-int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
+static int probe(const char *host, int portnum, char *err, size_t errlen) {
   struct addrinfo hints = {0}, *ai = NULL;
   char port[16];
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  snprintf(port, sizeof(port), "%d", cfg->port);
-  int rc = getaddrinfo(cfg->bind, port, &hints, &ai);
+  snprintf(port, sizeof(port), "%d", portnum);
+  int rc = getaddrinfo(host, port, &hints, &ai);
   if (rc != 0) {
-    snprintf(err, errlen, "cannot use --bind %s: %s", cfg->bind, gai_strerror(rc));
+    snprintf(err, errlen, "cannot use %s: %s", host, gai_strerror(rc));
     return UV_EINVAL;
   }
   /* Without SO_REUSEPORT, so that a listener of any other process
@@ -98,10 +98,31 @@ int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
   int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
            bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
   int e = errno;
-  if (!ok) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->bind, cfg->port, strerror(e));
+  if (!ok) snprintf(err, errlen, "cannot listen on %s:%d: %s", host, portnum, strerror(e));
   if (fd >= 0) close(fd);
   freeaddrinfo(ai);
   return ok ? 0 : -e;
+}
+
+int master_probe_listen(const struct config *cfg, char *err, size_t errlen) {
+  int rc = probe(cfg->bind, cfg->port, err, errlen);
+  if (rc < 0 || !cfg->api_listen[0]) return rc;
+  char host[256];
+  int port;
+  if (config_split_hostport(cfg->api_listen, host, sizeof(host), &port) < 0) {
+    snprintf(err, errlen, "--api-listen expects host:port");
+    return UV_EINVAL;
+  }
+  if (strcmp(host, cfg->bind) == 0 && port == cfg->port) {
+    snprintf(err, errlen, "--api-listen must differ from --bind/--port");
+    return UV_EINVAL;
+  }
+  rc = probe(host, port, err, errlen);
+  if (rc < 0) {
+    size_t n = strlen(err);
+    snprintf(err + n, errlen - n, " (--api-listen)");
+  }
+  return rc;
 }
 
 static int spawn(struct master *m, int slot);

@@ -68,3 +68,34 @@ int auth_load(const struct config *cfg, struct auth **out, const char **alg_name
   *alg_name = alg == AUTH_HS256 ? "HS256" : alg == AUTH_RS256 ? "RS256" : "ES256";
   return rc;
 }
+
+int api_key_load(const struct config *cfg, char **key, size_t *len, char *err, size_t errlen) {
+  *key = NULL;
+  *len = 0;
+  size_t n;
+  char *k;
+  if (cfg->api_key[0]) {
+    n = strlen(cfg->api_key);
+    if (!(k = malloc(n))) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    memcpy(k, cfg->api_key, n);
+  } else if (cfg->api_key_file[0]) {
+    if (!(k = (char *)read_file(cfg->api_key_file, &n, err, errlen))) return -1;
+    while (n && (k[n - 1] == '\n' || k[n - 1] == '\r')) n--;
+  } else {
+    return 0;
+  }
+  if (n < API_KEY_MIN_LEN || n > API_KEY_MAX_LEN) {
+    snprintf(err, errlen, "the API key%s%s must be %d to %d bytes long",
+             cfg->api_key[0] ? "" : " in ", cfg->api_key[0] ? "" : cfg->api_key_file,
+             API_KEY_MIN_LEN, API_KEY_MAX_LEN);
+    memset(k, 0, n);
+    free(k);
+    return -1;
+  }
+  *key = k;
+  *len = n;
+  return 0;
+}

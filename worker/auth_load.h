@@ -18,4 +18,10 @@
 int auth_load(const struct config *cfg, struct auth **out, const char **alg_name, char *err,
               size_t errlen);
 
+/* The HTTP API's key: --api-key, or the contents of --api-key-file less a
+ * trailing newline (start-up only: blocking I/O).  Returns 0 with *key
+ * NULL when the API is off, 0 with a malloc'd key of *len bytes (at least
+ * API_KEY_MIN_LEN), or -1 with one line in err that never quotes the key. */
+int api_key_load(const struct config *cfg, char **key, size_t *len, char *err, size_t errlen);
+
 #endif

@@ -8,6 +8,7 @@
 
 #include "../common/log.h"
 #include "../common/shm.h"
+#include "api.h"
 #include "auth.h"
 #include "handshake.h"
 #include "slow.h"
@@ -43,6 +44,7 @@ static void conn_free(struct conn *c) {
   outq_clear(&c->q);
   ws_free(c);
   free(c->hbuf);
+  api_conn_free(c);
   free(c);
 }
 
@@ -111,7 +113,7 @@ void conn_describe_peer(struct conn *c) {
   snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
 }
 
-void conn_accept(struct worker *w) {
+void conn_accept(struct worker *w, int api) {
   struct conn *c = calloc(1, sizeof(*c));
   if (!c) {
     log_error("accept_failed", "out of memory accepting a connection");
@@ -127,7 +129,8 @@ void conn_accept(struct worker *w) {
   }
   c->tcp.data = c;
   w->nconns++;
-  if ((rc = uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp)) != 0) {
+  uv_stream_t *server = (uv_stream_t *)(api ? &w->api_listener : &w->listener);
+  if ((rc = uv_accept(server, (uv_stream_t *)&c->tcp)) != 0) {
     log_warn("accept_failed", "accept failed: %s", uv_strerror(rc));
     c->state = CONN_CLOSED;
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -141,10 +144,12 @@ void conn_accept(struct worker *w) {
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &sl) != 0)
     c->addr.ss_family = AF_UNSPEC;
   conn_describe_peer(c);
-  c->need_proxy = w->cfg->proxy_protocol;
+  c->need_proxy = api ? 0 : w->cfg->proxy_protocol; /* the API's listener is private */
   c->state = CONN_HTTP;
   c->deadline = uv_now(w->loop) + (uint64_t)w->cfg->handshake_timeout * 1000;
   conn_list_move(c, &w->handshaking);
+  if (api) api_start(c, NULL, 0);
+  if (c->state == CONN_CLOSED) return;
   if ((rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read)) != 0) {
     log_warn("accept_failed", "conn %llu %s: cannot read: %s", (unsigned long long)c->id, c->peer,
              uv_strerror(rc));
@@ -319,6 +324,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   switch (c->state) {
     case CONN_HTTP: handshake_input(c, buf->base, n); return;
     case CONN_WS: ws_feed(c, (const uint8_t *)buf->base, n); return;
+    case CONN_API: api_input(c, buf->base, n); return;
     case CONN_DRAINING:
       if (c->upgraded) {
         ws_feed(c, (const uint8_t *)buf->base, n);

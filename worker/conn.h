@@ -2,12 +2,13 @@
  *
  * A connection starts in CONN_HTTP, where handshake.c reads its request
  * head into a bounded buffer and answers it or upgrades it to CONN_WS,
- * where wslay (ws.c) parses frames.  Every byte to send goes through the connection's
- * outq and is flushed at the end of the loop turn (uv_try_write first, then
- * one uv_write for what is left).  CONN_DRAINING: the last bytes (an HTTP
- * error or a close frame) are queued; once they are out, the write side is
- * shut down and reads are discarded until the peer closes or the deadline
- * passes.
+ * where wslay (ws.c) parses frames, or hands it to the HTTP API (api.c):
+ * CONN_API, keep-alive HTTP requests until either side closes.  A
+ * connection of the --api-listen listener starts in CONN_API.  Every byte to send goes through the
+ * connection's outq and is flushed at the end of the loop turn (uv_try_write first, then one
+ * uv_write for what is left).  CONN_DRAINING: the last bytes (an HTTP error or a close frame) are
+ * queued; once they are out, the write side is shut down and reads are discarded until the peer
+ * closes or the deadline passes.
  *
  * Lifetime: the worker owns connections.  conn_close() starts uv_close();
  * the memory is freed in the close callback once no asynchronous operation
@@ -27,7 +28,7 @@
 
 struct worker;
 
-enum conn_state { CONN_HTTP, CONN_WS, CONN_DRAINING, CONN_CLOSED };
+enum conn_state { CONN_HTTP, CONN_WS, CONN_API, CONN_DRAINING, CONN_CLOSED };
 enum conn_kind { CONN_PUBSUB, CONN_ECHO };
 
 struct conn {
@@ -52,6 +53,7 @@ struct conn {
   unsigned upgraded : 1;     /* the 101 was sent: a WebSocket session */
   unsigned ip_counted : 1;   /* counted in shared memory under ip_bucket */
   unsigned rate_started : 1; /* the token bucket has been filled */
+  unsigned read_held : 1;    /* the API's pipeline is full: reading stays paused */
   uint32_t ip_bucket;
   uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
   double rate_tokens;          /* token bucket of --rate-limit */
@@ -66,6 +68,7 @@ struct conn {
   /* HTTP phase */
   char *hbuf;
   size_t hlen;
+  struct api_conn *api; /* CONN_API: api.c's state */
   /* WebSocket phase */
   wslay_event_context_ptr ws;
   struct frame_input in;    /* during ws_feed(): what wslay still has to read */
@@ -79,8 +82,9 @@ struct conn {
   char peer[64];
 };
 
-/* Accepts a pending connection from the worker's listener. */
-void conn_accept(struct worker *w);
+/* Accepts a pending connection from the worker's listener (api: from its
+ * --api-listen listener, for the HTTP API alone). */
+void conn_accept(struct worker *w, int api);
 /* Writes c->addr as "ip:port" into c->peer (for logs). */
 void conn_describe_peer(struct conn *c);
 

@@ -1,7 +1,8 @@
 /* handshake.c - the HTTP phase of a public connection: the PROXY v2
  * header, the request head, and what the server answers to it.
  *
- * Policy lives here: routing (/, the echo path, /healthz, /readyz), the
+ * Policy lives here: routing (/, the echo path, /healthz, /readyz, and
+ * /api/ handed to api.c when the HTTP API is on this port), the
  * WebSocket upgrade checks of RFC 6455, Origin, JWT, the connection caps
  * (--max-connections, --max-connections-per-ip) and permessage-deflate
  * negotiation.  conn.c owns the connection's lifetime and output. */
@@ -16,6 +17,7 @@
 #include "../common/log.h"
 #include "../common/reject.h"
 #include "../common/shm.h"
+#include "api.h"
 #include "auth.h"
 #include "bus.h"
 #include "clientjs.h"
@@ -124,9 +126,19 @@ static int authenticate(struct conn *c, const struct http_request *req, const ch
   return 0;
 }
 
-/* Answers one request head; returns 1 when the connection upgraded. */
+#define HANDLED_UPGRADED 1
+#define HANDLED_API 2
+
+/* Answers one request head; returns HANDLED_UPGRADED when the connection
+ * upgraded, HANDLED_API when the HTTP API takes it over, else 0. */
 static int handle_request(struct conn *c, const struct http_request *req) {
   const struct config *cfg = c->w->cfg;
+  if (api_is_path(req->path.p, req->path.n)) {
+    if (api_on_public_port(c->w)) return HANDLED_API;
+    /* the API is off, or served on --api-listen only */
+    respond(c, 404, NULL, "Not found\n");
+    return 0;
+  }
   int is_ws_path = path_is(req->path, "/");
   int is_echo = cfg->echo_path[0] && path_is(req->path, cfg->echo_path);
   if (c->w->shutting_down) {
@@ -276,11 +288,15 @@ void handshake_input(struct conn *c, const char *data, size_t len) {
     reject(c, REJECT_BAD_REQUEST, 400, NULL, "Malformed HTTP request\n");
     return;
   }
-  int upgraded = handle_request(c, &req);
+  int handled = handle_request(c, &req);
   char *hb = c->hbuf;
   c->hbuf = NULL;
   c->hlen = 0;
-  if (upgraded) {
+  if (handled == HANDLED_API) {
+    /* api.c reads the request again, from its first byte */
+    api_start(c, buf, blen);
+    if (rest_len) api_input(c, rest, rest_len);
+  } else if (handled == HANDLED_UPGRADED) {
     /* frames sent right behind the head */
     if (blen > (size_t)r) ws_feed(c, (const uint8_t *)buf + r, blen - (size_t)r);
     if (rest_len && (c->state == CONN_WS || c->state == CONN_DRAINING))

@@ -46,7 +46,7 @@ int slow_over_hard_limit(const struct conn *c) {
 void slow_after_flush(struct conn *c) {
   size_t cap = c->w->cfg->max_queued_bytes;
   if (c->q.bytes < cap) c->over_since = 0;
-  if (c->read_paused && c->q.bytes < cap / 2) conn_read_pause(c, 0);
+  if (c->read_paused && !c->read_held && c->q.bytes < cap / 2) conn_read_pause(c, 0);
   else if (!c->read_paused && c->q.bytes >= cap && c->state != CONN_DRAINING) conn_read_pause(c, 1);
 }
 

@@ -13,6 +13,7 @@
 
 #include "../common/log.h"
 #include "../common/shm.h"
+#include "api.h"
 #include "auth_load.h"
 #include "bus.h"
 #include "pubsub.h"
@@ -34,22 +35,22 @@ static void on_connection(uv_stream_t *server, int status) {
     log_warn("accept_failed", "accept failed: %s", uv_strerror(status));
     return;
   }
-  conn_accept(w);
+  conn_accept(w, server == (uv_stream_t *)&w->api_listener);
 }
 
 /* Creates, binds and listens on a socket of our own with SO_REUSEPORT: the
  * kernel spreads new connections over the workers' sockets.  libuv 1.44 has
  * no UV_TCP_REUSEPORT, so the socket is made here and handed to libuv. */
-static int listen_socket(struct worker *w) {
+static int listen_on(struct worker *w, uv_tcp_t *listener, const char *host, int portnum) {
   struct addrinfo hints = {0}, *ai = NULL;
   char port[16];
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  snprintf(port, sizeof(port), "%d", w->cfg->port);
-  int rc = getaddrinfo(w->cfg->bind, port, &hints, &ai);
+  snprintf(port, sizeof(port), "%d", portnum);
+  int rc = getaddrinfo(host, port, &hints, &ai);
   if (rc != 0) {
-    log_error("listen_failed", "cannot resolve --bind %s: %s", w->cfg->bind, gai_strerror(rc));
+    log_error("listen_failed", "cannot resolve %s: %s", host, gai_strerror(rc));
     return -1;
   }
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -57,28 +58,38 @@ static int listen_socket(struct worker *w) {
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
       bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
-              strerror(errno));
+    log_error("listen_failed", "cannot listen on %s:%d: %s", host, portnum, strerror(errno));
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
     return -1;
   }
   freeaddrinfo(ai);
-  if ((rc = uv_tcp_init(w->loop, &w->listener)) != 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
-              uv_strerror(rc));
+  if ((rc = uv_tcp_init(w->loop, listener)) != 0) {
+    log_error("listen_failed", "cannot listen on %s:%d: %s", host, portnum, uv_strerror(rc));
     close(fd);
     return -1;
   }
-  w->listener.data = w;
-  if ((rc = uv_tcp_open(&w->listener, fd)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&w->listener, LISTEN_BACKLOG, on_connection)) != 0) {
-    log_error("listen_failed", "cannot listen on %s:%d: %s", w->cfg->bind, w->cfg->port,
-              uv_strerror(rc));
-    uv_close((uv_handle_t *)&w->listener, NULL);
+  listener->data = w;
+  if ((rc = uv_tcp_open(listener, fd)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)listener, LISTEN_BACKLOG, on_connection)) != 0) {
+    log_error("listen_failed", "cannot listen on %s:%d: %s", host, portnum, uv_strerror(rc));
+    uv_close((uv_handle_t *)listener, NULL);
     return -1;
   }
+  return 0;
+}
+
+static int listen_socket(struct worker *w) {
+  if (listen_on(w, &w->listener, w->cfg->bind, w->cfg->port) < 0) return -1;
   w->listening = 1;
+  if (w->cfg->api_listen[0] && w->api_key) {
+    char host[256];
+    int port;
+    if (config_split_hostport(w->cfg->api_listen, host, sizeof(host), &port) < 0 ||
+        listen_on(w, &w->api_listener, host, port) < 0)
+      return -1;
+    w->api_listening = 1;
+  }
   metric_gauge(w->m, G_LISTENING, 1);
   return 0;
 }
@@ -88,6 +99,10 @@ static void stop_listening(struct worker *w) {
   w->listening = 0;
   metric_gauge(w->m, G_LISTENING, 0);
   uv_close((uv_handle_t *)&w->listener, NULL);
+  if (w->api_listening) {
+    w->api_listening = 0;
+    uv_close((uv_handle_t *)&w->api_listener, NULL);
+  }
 }
 
 /* Walks a list where the callback may move or close the current entry. */
@@ -118,6 +133,10 @@ static void on_tick(uv_timer_t *t) {
   w->ticks++;
   EACH_CONN(w->handshaking, c, {
     if (c->deadline && now >= c->deadline) {
+      if (c->state == CONN_API) {
+        api_timeout(c);
+        continue;
+      }
       if (c->state == CONN_HTTP) {
         log_debug("handshake_timeout", "conn %llu %s: handshake timeout", (unsigned long long)c->id,
                   c->peer);
@@ -187,6 +206,7 @@ void worker_shutdown(struct worker *w, uint16_t code) {
   stop_listening(w);
   EACH_CONN(w->handshaking, c, {
     if (c->state == CONN_HTTP) conn_close(c);
+    else if (c->state == CONN_API) api_shutdown(c);
   });
   w->drain_code = code;
   w->drain_total = w->open.count;
@@ -284,6 +304,11 @@ struct worker *worker_new(const struct config *cfg, int id, int *status) {
     *status = WORKER_EXIT_LISTEN;
     goto fail;
   }
+  if (api_key_load(cfg, &w->api_key, &w->api_key_len, aerr, sizeof(aerr)) < 0) {
+    log_error("api_config_failed", "%s", aerr);
+    *status = WORKER_EXIT_LISTEN;
+    goto fail;
+  }
   if (attach_shm(w) < 0) {
     log_error("shm_failed", "cannot map shared memory");
     goto fail;
@@ -327,6 +352,10 @@ void worker_free(struct worker *w) {
   topics_free(&w->topics);
   pmd_free(&w->pmd);
   auth_free(w->auth);
+  if (w->api_key) {
+    memset(w->api_key, 0, w->api_key_len);
+    free(w->api_key);
+  }
   if (w->shm) shm_detach(w->shm);
   free(w->loop);
   free(w);

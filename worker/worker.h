@@ -37,6 +37,10 @@ struct worker {
   int id;
   uv_tcp_t listener;
   int listening;
+  uv_tcp_t api_listener; /* --api-listen */
+  int api_listening;
+  char *api_key; /* the HTTP API's key (api_key_len bytes), or NULL: the API is off */
+  size_t api_key_len;
   uv_timer_t tick;          /* 1 s: deadlines and heartbeat */
   uv_check_t flusher;       /* after I/O callbacks: flush dirty connections */
   uv_prepare_t flusher_pre; /* before polling: flush what timers queued */

@@ -372,6 +372,9 @@ static void usage(FILE *f) {
       "  --server-pids A,B    server pids whose VmRSS / CPU to report\n"
       "  --server-tree        include all descendants of --server-pids\n"
       "  --deflate            offer permessage-deflate (inflate compressed frames)\n"
+      "  --http-pub KEY       publishers use tidings' HTTP API (POST /api/publish with\n"
+      "                       keep-alive, --window requests pipelined per connection)\n"
+      "                       instead of WebSocket; subscribers stay WebSocket\n"
       "  --src-addrs A,B      local addresses to bind, round-robin (more than ~28k\n"
       "                       connections to one server port)\n"
       "  --json               print all results as one JSON object on the last line\n"
@@ -459,6 +462,7 @@ static void parse_opts(int argc, char **argv) {
     OPT_PIDS,
     OPT_TREE,
     OPT_DEFLATE,
+    OPT_HTTP_PUB,
     OPT_SRC,
     OPT_JSON,
     OPT_QUIET,
@@ -486,6 +490,7 @@ static void parse_opts(int argc, char **argv) {
       {"server-pids", required_argument, 0, OPT_PIDS},
       {"server-tree", no_argument, 0, OPT_TREE},
       {"deflate", no_argument, 0, OPT_DEFLATE},
+      {"http-pub", required_argument, 0, OPT_HTTP_PUB},
       {"src-addrs", required_argument, 0, OPT_SRC},
       {"json", no_argument, 0, OPT_JSON},
       {"quiet", no_argument, 0, OPT_QUIET},
@@ -568,6 +573,7 @@ static void parse_opts(int argc, char **argv) {
       case OPT_IDLE: o->idle = 1; break;
       case OPT_TREE: o->tree = 1; break;
       case OPT_DEFLATE: o->deflate = 1; break;
+      case OPT_HTTP_PUB: o->api_key = optarg; break;
       case OPT_JSON: o->json = 1; break;
       case OPT_QUIET: o->quiet = 1; break;
       case OPT_PIDS: {
@@ -770,6 +776,7 @@ static void report(void) {
     struct jout j = {0};
     jput(&j, "{");
     jkey_s(&j, "mode", g.o.idle ? "idle" : "pubsub");
+    jkey_s(&j, "publish_via", g.o.api_key ? "http" : "websocket");
     jkey_s(&j, "host", g.o.host);
     jkey_u(&j, "port", (uint64_t)g.o.port);
     jkey_u(&j, "subs", g.o.subs);

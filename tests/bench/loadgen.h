@@ -94,6 +94,7 @@ struct conn {
   uint8_t dropped;  /* lost after being ready, before the closing phase */
   uint8_t counted;  /* subscriber: counted in subs_on_topic at the window start */
   uint8_t close_sent, close_rcvd;
+  uint8_t http;                  /* an HTTP API publisher (--http-pub) */
   uint8_t pmd, pmd_nct;          /* permessage-deflate on; server_no_context_takeover */
   uint8_t in_msg, msg_op, msg_z; /* a fragmented message is being collected */
   uint8_t cur;                   /* out[cur] collects, out[cur ^ 1] is being written */
@@ -134,6 +135,7 @@ enum phase { PH_SETUP, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_CLOSING, PH_DONE };
 
 struct opts {
   const char *host, *path, *prefix;
+  const char *api_key; /* --http-pub: publishers POST to /api/publish */
   int port;
   uint32_t subs, topics, pubs, window, max_hs;
   double rate, duration, warmup, grace, connect_rate, setup_timeout;

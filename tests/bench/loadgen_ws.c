@@ -247,7 +247,56 @@ static const char PUB_D[] = ",\"pad\":\"";
 static const char PUB_E[] = "\"}}";
 #define LIT(s) (sizeof(s) - 1)
 
+/* --http-pub: the same payload in a POST /api/publish (keep-alive; the
+ * answers come in request order, like the WebSocket replies) */
+static const char HPUB_A[] = "{\"topic\":\"";
+static const char HPUB_B[] = "\",\"payload\":{\"seq\":";
+
+static int http_pub_send_one(struct conn *c, uint64_t ts) {
+  uint64_t s = c->s_next;
+  uint32_t t = (uint32_t)((s + c->idx) % g.o.topics);
+  uint64_t seq = ((uint64_t)c->idx << 32) | s;
+  char head[256];
+  char *h = head;
+  memcpy(h, HPUB_A, LIT(HPUB_A));
+  h += LIT(HPUB_A);
+  memcpy(h, g.topic_name[t], g.topic_len[t]);
+  h += g.topic_len[t];
+  memcpy(h, HPUB_B, LIT(HPUB_B));
+  h += LIT(HPUB_B);
+  h = u64_to_dec(h, seq);
+  memcpy(h, PUB_C, LIT(PUB_C));
+  h += LIT(PUB_C);
+  h = u64_to_dec(h, ts);
+  memcpy(h, PUB_D, LIT(PUB_D));
+  h += LIT(PUB_D);
+  size_t hl = (size_t)(h - head);
+  size_t len = hl + g.padlen + LIT(PUB_E);
+  char rh[512];
+  int rn = snprintf(rh, sizeof(rh),
+                    "POST /api/publish HTTP/1.1\r\nHost: %s\r\nAuthorization: apikey %s\r\n"
+                    "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                    g.hostport, g.o.api_key, len);
+  if (rn < 0 || (size_t)rn >= sizeof(rh)) return -1;
+  char *p = out_reserve(c, (size_t)rn + len);
+  if (!p) return -1;
+  memcpy(p, rh, (size_t)rn);
+  memcpy(p + rn, head, hl);
+  memcpy(p + rn + hl, g.pad, g.padlen);
+  memcpy(p + rn + hl + g.padlen, PUB_E, LIT(PUB_E));
+  c->out[c->cur].len += (size_t)rn + len;
+  c->s_next++;
+  g.pub_total++;
+  if (ts >= g.t_start && ts < g.t_end) {
+    if (c->s_first == UINT64_MAX) c->s_first = s;
+    g.exp_topic[t]++;
+    g.pub_window++;
+  }
+  return 0;
+}
+
 static int pub_send_one(struct conn *c, uint64_t ts) {
+  if (c->http) return http_pub_send_one(c, ts);
   uint64_t s = c->s_next;
   uint32_t t = (uint32_t)((s + c->idx) % g.o.topics);
   uint64_t seq = ((uint64_t)c->idx << 32) | s;
@@ -304,6 +353,33 @@ void pub_pump(struct conn *c) {
   uint64_t ts = now_ns();
   if (ts >= g.t_end) return;
   pub_send_batch(c, g.o.window - inflight, ts);
+}
+
+static void pub_reply(struct conn *c, const char *p, size_t len);
+static const char *find_header(const char *head, size_t hlen, const char *name, size_t *vlen);
+
+/* --http-pub: the answers in c->rbuf; 200 acknowledges the next publish,
+ * anything else is an error. */
+static void http_pub_input(struct conn *c) {
+  size_t at = 0;
+  for (;;) {
+    char *end = memmem(c->rbuf + at, c->rlen - at, "\r\n\r\n", 4);
+    if (!end) break;
+    const char *h = c->rbuf + at;
+    size_t hlen = (size_t)(end - h) + 4, vl;
+    const char *v = find_header(h, hlen, "Content-Length", &vl);
+    size_t blen = v ? (size_t)strtoull(v, NULL, 10) : 0;
+    if (c->rlen - at < hlen + blen) break;
+    if (hlen < 12 || memcmp(h, "HTTP/1.1 ", 9) != 0) {
+      conn_fail(c, FAIL_PROTOCOL, "not an HTTP answer");
+      return;
+    }
+    if (memcmp(h + 9, "200", 3) == 0) pub_reply(c, "\"published\"", 11);
+    else pub_reply(c, h + hlen, blen ? blen : 12);
+    at += hlen + blen;
+  }
+  if (at) memmove(c->rbuf, c->rbuf + at, c->rlen - at);
+  c->rlen -= at;
 }
 
 static void pub_reply(struct conn *c, const char *p, size_t len) {
@@ -816,7 +892,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     }
   } else {
     c->rlen += (size_t)nread;
-    if (!c->ws) handshake_input(c);
+    if (c->http) http_pub_input(c);
+    else if (!c->ws) handshake_input(c);
     else process_rbuf(c);
     if (c->state == CS_DEAD) return;
   }
@@ -832,6 +909,21 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (c->role == ROLE_PUB && g.o.api_key) {
+    /* an HTTP API publisher: nothing to negotiate */
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc < 0) {
+      conn_fail(c, FAIL_CONNECT, "read: %s", uv_strerror(rc));
+      return;
+    }
+    c->http = 1;
+    hs_done(c);
+    g.established++;
+    c->state = CS_READY;
+    lg_on_ready(c);
+    lg_open_more();
+    return;
+  }
   unsigned char rnd[16];
   for (int i = 0; i < 16; i += 8) {
     uint64_t r = rng_next();

@@ -303,13 +303,41 @@ def chart(results, work, title):
 
 
 # ---------------------------------------------------------------------- report
+def api_rows(results):
+    """Scenario 10: the HTTP API's publishes beside the WebSocket ones, each
+    the mean of its rounds; lines of a markdown table."""
+    def rounds(kind):
+        return [r for r in (results.res("api", "tidings", "%s%d" % (kind, i)) for i in (1, 2, 3)) if r]
+
+    def mean(rs, k):
+        vals = [r.get(k) for r in rs if r.get(k) is not None]
+        return sum(vals) / len(vals) if vals else None
+    ws, http = rounds("websocket"), rounds("http")
+    out = ["| | WebSocket publishers | HTTP API publishers | HTTP ÷ WebSocket |", "|---|---|---|---|"]
+    for label, k, fmt in [("publishes/s", "published_per_s", rate),
+                          ("deliveries/s", "deliveries_per_s", rate),
+                          ("latency p50 (ms)", "latency_p50_ms", num),
+                          ("latency p99 (ms)", "latency_p99_ms", num),
+                          ("publish errors", "errors", num),
+                          ("lost", "lost", num),
+                          ("server CPU (% of a core)", "server_cpu_pct", num)]:
+        a_, b_ = mean(ws, k), mean(http, k)
+        out.append("| %s | %s | %s | %s |" % (label, fmt(a_), fmt(b_),
+                                              ratio(b_, a_) if k.endswith("_per_s") else "—"))
+    out.append("")
+    out.append("(%d WebSocket and %d HTTP rounds, alternating; the mean of each.)" % (len(ws), len(http)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--elapsed", type=int, required=True)
+    ap.add_argument("--api-summary", action="store_true",
+                    help="print scenario 10's table and nothing else (BENCH_ONLY runs)")
+    ap.add_argument("--out")
+    ap.add_argument("--work")
+    ap.add_argument("--root")
+    ap.add_argument("--elapsed", type=int)
     ap.add_argument("--quick", default="0")
     ap.add_argument("--fan-window", default="32")
     ap.add_argument("--background-cpu", type=int, default=None)
@@ -318,6 +346,11 @@ def main():
     with open(a.results) as f:
         records = [json.loads(line) for line in f if line.strip()]
     results = Results(records)
+    if a.api_summary:
+        print("\n".join(api_rows(results)))
+        return
+    if not (a.out and a.work and a.root and a.elapsed is not None):
+        ap.error("--out, --work, --root and --elapsed are required")
     m = machine(a.root)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -609,6 +642,18 @@ def main():
         w("| %s: Redis CPU per publish (µs) | %s | %s | %s |" % (
             label, num(a_) if a_ is not None else "—", num(b_) if b_ is not None else "—",
             ratio(b_, a_) if a_ and b_ else "—"))
+    w("")
+
+    # 10. the HTTP API
+    w("## 10. Publishing through the HTTP API")
+    w("")
+    w("tidings with `--api-key`: 100 WebSocket subscribers over 10 topics, and 4 publishers "
+      "at maximum rate with %s publishes in flight each, first as WebSocket clients, then as "
+      "HTTP/1.1 keep-alive connections sending `POST /api/publish` pipelined (loadgen "
+      "`--http-pub`). Latency: from publish to delivery at the subscribers." % a.fan_window)
+    w("")
+    for line in api_rows(results):
+        w(line)
     w("")
 
     # notes

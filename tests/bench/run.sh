@@ -16,6 +16,10 @@
 #   BENCH_OUT=DIR        where to write the three docs files (default: docs/)
 #   BENCH_TIME_LIMIT=S   watchdog for the whole run (default 900)
 #   BENCH_PORTS=LO-HI    ports to pick free ones from (default 18700-18799)
+#   BENCH_ONLY=N,M       run only these scenarios (numbers as below; 4 and 7 share
+#                        servers and run together) and print their summaries:
+#                        the docs files are left alone
+#                        (e.g. BENCH_ONLY=10: the HTTP API beside WebSocket publishes)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -250,6 +254,7 @@ else:
 # Durations (seconds); BENCH_QUICK=1 only checks that the harness works.
 if [[ $QUICK == 1 ]]; then D_FAN=2 D_MANY=2 D_LAT=2 D_LARGE=2 D_IDLE=1 D_REDIS=2 D_CPU=2 WARM=0.5; IDLE_CONNS=2000
 else D_FAN=10 D_MANY=6 D_LAT=10 D_LARGE=6 D_IDLE=3 D_REDIS=10 D_CPU=6 WARM=1; IDLE_CONNS=10000; fi
+D_API=$D_FAN; [[ $QUICK == 1 ]] && D_API=2
 FAN_WINDOW=32   # unacknowledged publishes at --rate 0; see the notes in docs/benchmarks.md
 
 NODE_WS=(node "$SERVERS_DIR/ws-server.js" @PORT@)
@@ -261,6 +266,7 @@ TID=("$TIDINGS" --bind 127.0.0.1 --port @PORT@ --shutdown-grace 2 --log-level wa
 TID_HELP=$("$TIDINGS" --help 2>&1 || true)
 if [[ $TID_HELP == *--rate-limit* ]]; then TID+=(--rate-limit 0); fi
 if [[ $TID_HELP == *--admin-listen* ]]; then TID+=(--admin-listen 127.0.0.1:@PORT2@); fi
+API_KEY=bench-api-key-0123456789abcdef
 
 # A fresh trio of servers for each scenario, so that none inherits the memory,
 # garbage or warmed-up state of the previous one.
@@ -272,6 +278,9 @@ start_trio() {
 stop_trio() { stop_server tidings; stop_server uws; stop_server ws; }
 
 log "work dir $WORK"
+
+ONLY=${BENCH_ONLY:-}
+want() { [[ -z $ONLY || ,$ONLY, == *,$1,* ]]; }
 
 # Other processes on the machine skew every number: wait up to BENCH_QUIET_WAIT
 # seconds for it to be quiet (busy < 25% of one core over 2 s), then go on anyway
@@ -293,6 +302,7 @@ done
 log "background CPU before the run: ${BG_BUSY}% of a core"
 
 # 1. fan-out: 1,000 subscribers of one topic, 64-byte payloads, maximum rate.
+if want 1; then
 log "scenario 1: fan-out"
 FANOUT=(--subs 1000 --topics 1 --pubs 1 --rate 0 --window $FAN_WINDOW --size 64 --warmup $WARM
         --duration $D_FAN --grace 3)
@@ -301,8 +311,10 @@ for s in tidings uws ws; do
     lg fanout "$s" max "$s" tree 60 -- "${FANOUT[@]}"
 done
 stop_trio
+fi
 
 # 2. many topics: 10,000 subscribers over 1,000 topics, maximum rate, 2 publishers.
+if want 2; then
 log "scenario 2: many topics"
 MANY=(--subs 10000 --topics 1000 --pubs 2 --rate 0 --window $FAN_WINDOW --size 64 --connect-rate 5000
       --warmup $WARM --duration $D_MANY --grace 3)
@@ -311,8 +323,10 @@ for s in tidings uws ws; do
     lg many "$s" max "$s" tree 90 -- "${MANY[@]}"
 done
 stop_trio
+fi
 
 # 3. latency at a fixed moderate rate: 1,000 subscribers, 20 messages/s.
+if want 3; then
 log "scenario 3: latency at 20 msg/s"
 LATENCY=(--subs 1000 --topics 1 --pubs 1 --rate 20 --size 64 --warmup $WARM --duration $D_LAT --grace 3)
 start_trio
@@ -320,9 +334,11 @@ for s in tidings uws ws; do
     lg latency "$s" 20rps "$s" tree 60 -- "${LATENCY[@]}"
 done
 stop_trio
+fi
 
 # 4. large messages: 16 KiB payloads, 100 subscribers, maximum rate, with and
 #    without permessage-deflate. (The node ws server never compresses.)
+if want 4 || want 7; then
 log "scenario 4: 16 KiB messages"
 start_trio
 start_server tidings_nocomp tidings "${TID[@]}" --no-compression || true
@@ -336,18 +352,22 @@ lg large uws deflate uws_comp tree 60 -- "${LARGE[@]}" --deflate
 stop_server uws_comp
 stop_server uws
 stop_server ws
+fi
 
 # 7. tidings fan-out CPU per delivered message, compression on vs off: 1,000
 #    subscribers, 1 KiB payloads (above the 256-byte threshold), fixed 100 msg/s.
+if want 4 || want 7; then
 log "scenario 7: tidings CPU per delivery, compression on/off"
 CPUFAN=(--subs 1000 --topics 1 --pubs 1 --rate 100 --size 1024 --warmup $WARM --duration $D_CPU --grace 3)
 lg cpu tidings plain tidings_nocomp tree 60 -- "${CPUFAN[@]}"
 lg cpu tidings deflate tidings tree 60 -- "${CPUFAN[@]}" --deflate
 stop_server tidings_nocomp
 stop_server tidings
+fi
 
 # 6. issue 3: latency through Redis, tidings --workers 2, 1,000 subscribers,
 #    1,000 messages/s in total over 10 topics and over 1 topic.
+if want 6; then
 log "scenario 6: latency through Redis (tidings --workers 2)"
 start_server tidings_w2 tidings "${TID[@]}" --workers 2 || true
 for k in 10 1; do
@@ -355,19 +375,23 @@ for k in 10 1; do
         --size 64 --warmup $WARM --duration $D_REDIS --grace 3
 done
 stop_server tidings_w2
+fi
 
 # 8. tidings with one worker: on this machine the loadgen needs a core of its
 #    own, so the default of one worker per core oversubscribes it.
+if want 8; then
 log "scenario 8: tidings --workers 1"
 start_server tidings_w1 tidings "${TID[@]}" --workers 1 || true
 lg fanout tidings w1 tidings_w1 tree 60 -- "${FANOUT[@]}"
 lg many tidings w1 tidings_w1 tree 90 -- "${MANY[@]}"
 lg latency tidings w1 tidings_w1 tree 60 -- "${LATENCY[@]}"
 stop_server tidings_w1
+fi
 
 # 9. history (issue 11): the same fan-out and many-topics loads with
 #    --history-size 100 beside history off, and the redis-server's CPU per
 #    publish (every publish is a FCALL that also XADDs to the topic's stream).
+if want 9; then
 log "scenario 9: history on vs off"
 start_server hist_off tidings "${TID[@]}" || true
 start_server hist_on tidings "${TID[@]}" --history-size 100 || true
@@ -380,8 +404,10 @@ for v in off on; do
 done
 stop_server hist_off
 stop_server hist_on
+fi
 
 # 5. idle connections: a fresh server each; tidings: the workers' RSS only.
+if want 5; then
 log "scenario 5: $IDLE_CONNS idle connections"
 IDLE=(--idle --subs $IDLE_CONNS --topics 100 --connect-rate 5000 --duration $D_IDLE)
 start_server idle_tidings tidings "${TID[@]}" || true
@@ -393,6 +419,32 @@ stop_server idle_uws
 start_server idle_ws node "${NODE_WS[@]}" || true
 lg idle ws pid idle_ws pid 60 -- "${IDLE[@]}"
 stop_server idle_ws
+fi
+
+# 10. publishing through the HTTP API: the same load published by 4 WebSocket
+#     publishers, then by 4 HTTP keep-alive connections (POST /api/publish,
+#     $FAN_WINDOW requests pipelined on each), to 100 subscribers over 10 topics.
+if want 10; then
+log "scenario 10: HTTP API publish vs WebSocket publish"
+if [[ $TID_HELP == *--api-key* ]]; then
+    start_server tidings_api tidings "${TID[@]}" --api-key "$API_KEY" || true
+    APIPUB=(--subs 100 --topics 10 --pubs 4 --rate 0 --window $FAN_WINDOW --size 64 --warmup $WARM
+            --duration $D_API --grace 3)
+    for round in 1 2; do
+        lg api tidings "websocket$round" tidings_api tree 60 -- "${APIPUB[@]}"
+        lg api tidings "http$round" tidings_api tree 60 -- "${APIPUB[@]}" --http-pub "$API_KEY"
+    done
+    stop_server tidings_api
+else
+    log "scenario 10: skipped, this tidings has no --api-key"
+fi
+fi
+
+if [[ -n $ONLY ]]; then
+    "$PY" "$BENCH/report.py" --results "$RESULTS" --api-summary
+    log "BENCH_ONLY=$ONLY: done in $(($(date +%s) - T_START)) s; docs/ left alone"
+    exit 0
+fi
 
 # ---------------------------------------------------------------------- report
 ELAPSED=$(($(date +%s) - T_START))

@@ -47,9 +47,11 @@ static void check_request(const char *buf, int head, const struct http_request *
   FUZZ_CHECK(memchr(req->path.p, '?', req->path.n) == NULL);
   FUZZ_CHECK(req->minor_version >= 0 && req->minor_version <= 9);
   FUZZ_CHECK(req->nheaders >= 0 && req->nheaders <= HTTP_MAX_HEADERS);
-  const struct http_str *hs[] = {&req->host,        &req->upgrade,       &req->connection,
-                                 &req->ws_key,      &req->ws_version,    &req->origin,
-                                 &req->ws_protocol, &req->ws_extensions, &req->authorization};
+  const struct http_str *hs[] = {&req->host,           &req->upgrade,           &req->connection,
+                                 &req->ws_key,         &req->ws_version,        &req->origin,
+                                 &req->ws_protocol,    &req->ws_extensions,     &req->authorization,
+                                 &req->content_length, &req->transfer_encoding, &req->content_type,
+                                 &req->expect};
   int present = 0;
   for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
     check_str(*hs[i]);

@@ -68,6 +68,35 @@ write_dict("http", [
     "permessage-deflate", "Origin:", "Authorization:", "Bearer ", "?", "==", ", ", "\t",
 ])
 
+# ---- api ----
+# The first byte picks how a chunked body is cut into pieces; then a request
+# head and what follows it.
+AUTHZ = "Authorization: apikey 0123456789abcdef\r\n"
+PUB = '{"topic":"news","payload":{"a" : [1, "\\u00e9"]}}'
+write("api", "publish_length", "\x00POST /api/publish HTTP/1.1\r\nHost: a\r\n" + AUTHZ +
+      "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(PUB) + PUB)
+write("api", "publish_chunked", "\x03POST /api/publish HTTP/1.1\r\nHost: a\r\n" + AUTHZ +
+      "Content-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5;ext=1\r\n" + PUB[:5] + "\r\n%x\r\n" % (len(PUB) - 5) + PUB[5:] +
+      "\r\n0\r\nX-Trailer: 1\r\n\r\nGET /api/topics HTTP/1.1\r\n\r\n")
+write("api", "history_query", "\x00GET /api/history?topic=a%2Fb&since=5&limit=10&x=+y HTTP/1.1\r\n"
+      "Host: a\r\n" + AUTHZ + "\r\n")
+write("api", "both_framings", "\x00POST /api/publish HTTP/1.1\r\nContent-Length: 3\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+write("api", "http10_expect", "\x01POST /api/disconnect HTTP/1.0\r\nConnection: keep-alive\r\n"
+      "Expect: 100-continue\r\nContent-Length: 12\r\n\r\n{\"sub\":\"u1\"}")
+write("api", "chunked_bad", "\x02POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "fffffffffffffffff\r\n")
+write("api", "chunked_alone", "\x07" + "a\r\n0123456789\r\nA\r\n0123456789\r\n0\r\n\r\n")
+write_dict("api", [
+    "POST", "GET", "/api/publish", "/api/broadcast", "/api/history", "/api/topics",
+    "/api/disconnect", "Content-Length: ", "Transfer-Encoding: chunked", "Content-Type: ",
+    "application/json", "Expect: 100-continue", "Connection: close", "Connection: keep-alive",
+    "Authorization: apikey ", "\r\n", "\r\n\r\n", "0\r\n\r\n", ";", "?topic=", "&since=",
+    "&limit=", "%2F", "HTTP/1.0", "HTTP/1.1",
+])
+
+
 # ---- proxy ----
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 

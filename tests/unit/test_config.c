@@ -445,6 +445,35 @@ static void test_other_checks(void **state) {
   expect_error(ARGS("--redis-prefix", prefix), "--redis-prefix");
 }
 
+static void test_api_options(void **state) {
+  (void)state;
+  struct config c;
+  char err[ERRLEN];
+  expect_ok(&c, NOARGS);
+  assert_string_equal(c.api_key, "");
+  assert_string_equal(c.api_listen, "");
+  expect_ok(&c, ARGS("--api-key", "0123456789abcdef", "--api-listen", "127.0.0.1:8081"));
+  assert_string_equal(c.api_key, "0123456789abcdef");
+  expect_ok(&c, ARGS("--api-key-file", "/k", "--api-listen", "[::1]:8081"));
+  /* a short key is refused, and never quoted */
+  assert_int_equal(parse(&c, err, ARGS("--api-key", "0123456789abcde")), -1);
+  assert_non_null(strstr(err, "--api-key"));
+  assert_null(strstr(err, "0123456789abcde"));
+  expect_error(ARGS("--api-key", ""), "--api-key");
+  expect_error(ARGS("--api-key", "0123456789abcdef", "--api-key-file", "/k"), "only one");
+  expect_error(ARGS("--api-listen", "127.0.0.1:8081"), "needs --api-key");
+  expect_error(ARGS("--api-key", "0123456789abcdef", "--api-listen", "8081"), "host:port");
+  expect_error(ARGS("--api-key", "0123456789abcdef", "--api-listen", "h:0"), "host:port");
+  expect_error(ARGS("--api-key", "0123456789abcdef", "--api-listen", "[::1:80"), "host:port");
+  char host[64];
+  int port;
+  assert_int_equal(config_split_hostport("[::1]:443", host, sizeof(host), &port), 0);
+  assert_string_equal(host, "::1");
+  assert_int_equal(port, 443);
+  assert_int_equal(config_split_hostport(":80", host, sizeof(host), &port), -1);
+  assert_int_equal(config_split_hostport("a:65536", host, sizeof(host), &port), -1);
+}
+
 static void test_help_version(void **state) {
   (void)state;
   struct config c;
@@ -733,6 +762,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_slow_policy, setup, teardown),
       cmocka_unit_test_setup_teardown(test_echo_path, setup, teardown),
       cmocka_unit_test_setup_teardown(test_other_checks, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_api_options, setup, teardown),
       cmocka_unit_test_setup_teardown(test_help_version, setup, teardown),
       cmocka_unit_test_setup_teardown(test_error_is_one_line, setup, teardown),
       cmocka_unit_test(test_redis_tcp),

@@ -705,6 +705,223 @@ static void test_reason(void **state) {
   assert_string_equal(http_reason(418), "Error");
 }
 
+/* ---- requests with a body (the HTTP API) ---- */
+
+static int framing_of(const char *head, struct http_body *b) {
+  struct http_request req;
+  assert_true(parse_str(head, &req) > 0);
+  return http_body_framing(&req, b);
+}
+
+static void test_body_framing(void **state) {
+  (void)state;
+  struct http_body b;
+  assert_int_equal(framing_of("POST /api/publish HTTP/1.1\r\n\r\n", &b), 0);
+  assert_int_equal(b.kind, HTTP_BODY_NONE);
+  assert_int_equal(framing_of("POST / HTTP/1.1\r\nContent-Length: 42\r\n\r\n", &b), 0);
+  assert_int_equal(b.kind, HTTP_BODY_LENGTH);
+  assert_int_equal(b.length, 42);
+  assert_int_equal(framing_of("POST / HTTP/1.1\r\ncontent-length:0\r\n\r\n", &b), 0);
+  assert_int_equal(b.kind, HTTP_BODY_LENGTH);
+  assert_int_equal(b.length, 0);
+  assert_int_equal(framing_of("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n", &b), 0);
+  assert_int_equal(b.kind, HTTP_BODY_CHUNKED);
+  assert_int_equal(framing_of("POST / HTTP/1.1\r\nContent-Length: 9007199254740992\r\n\r\n", &b),
+                   0);
+  /* what cannot be delimited safely */
+  const char *bad[] = {
+      "POST / HTTP/1.1\r\nContent-Length: 9007199254740993\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 5,5\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    if (framing_of(bad[i], &b) != HTTP_EMALFORMED) {
+      print_error("accepted: %s\n", bad[i]);
+      fail();
+    }
+  }
+}
+
+static int keep_alive_of(const char *head) {
+  struct http_request req;
+  assert_true(parse_str(head, &req) > 0);
+  return http_keep_alive(&req);
+}
+
+static void test_keep_alive(void **state) {
+  (void)state;
+  assert_true(keep_alive_of("GET / HTTP/1.1\r\n\r\n"));
+  assert_false(keep_alive_of("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+  assert_false(keep_alive_of("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n"));
+  assert_false(keep_alive_of("GET / HTTP/1.0\r\n\r\n"));
+  assert_true(keep_alive_of("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+}
+
+static void test_media_type(void **state) {
+  (void)state;
+  struct http_str s = {"application/json", 16};
+  assert_true(http_media_type_is(s, "application/json"));
+  s = (struct http_str){"Application/JSON ; charset=utf-8", 32};
+  assert_true(http_media_type_is(s, "application/json"));
+  s = (struct http_str){"application/jsonx", 17};
+  assert_false(http_media_type_is(s, "application/json"));
+  s = (struct http_str){"text/plain", 10};
+  assert_false(http_media_type_is(s, "application/json"));
+  s = (struct http_str){NULL, 0};
+  assert_false(http_media_type_is(s, "application/json"));
+}
+
+static void test_expect(void **state) {
+  (void)state;
+  struct http_request req;
+  assert_true(parse_str("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n", &req) > 0);
+  assert_true(http_expects_continue(&req));
+  assert_true(parse_str("POST / HTTP/1.1\r\n\r\n", &req) > 0);
+  assert_false(http_expects_continue(&req));
+}
+
+static void test_query_param(void **state) {
+  (void)state;
+  char out[16];
+  const char *q = "topic=a%2Fb&since=5&limit=&x&topicx=9&sp=a+b%20c";
+  struct http_str qs = {q, strlen(q)};
+  assert_int_equal(http_query_param(qs, "topic", out, sizeof(out)), 3);
+  assert_string_equal(out, "a/b");
+  assert_int_equal(http_query_param(qs, "since", out, sizeof(out)), 1);
+  assert_string_equal(out, "5");
+  assert_int_equal(http_query_param(qs, "limit", out, sizeof(out)), 0);
+  assert_string_equal(out, "");
+  assert_int_equal(http_query_param(qs, "x", out, sizeof(out)), 0);
+  assert_int_equal(http_query_param(qs, "sp", out, sizeof(out)), 5);
+  assert_string_equal(out, "a b c");
+  assert_int_equal(http_query_param(qs, "nope", out, sizeof(out)), HTTP_ENOTFOUND);
+  assert_int_equal(http_query_param(qs, "top", out, sizeof(out)), HTTP_ENOTFOUND);
+  /* bad escapes and values that do not fit (room for the NUL) */
+  struct http_str b1 = {"t=%4", 4}, b2 = {"t=%zz", 5}, b3 = {"t=0123456789abcdef", 18};
+  assert_int_equal(http_query_param(b1, "t", out, sizeof(out)), HTTP_EMALFORMED);
+  assert_int_equal(http_query_param(b2, "t", out, sizeof(out)), HTTP_EMALFORMED);
+  assert_int_equal(http_query_param(b3, "t", out, sizeof(out)), HTTP_EMALFORMED);
+  struct http_str b4 = {"t=0123456789abcde", 17};
+  assert_int_equal(http_query_param(b4, "t", out, sizeof(out)), 15);
+}
+
+/* Decodes src whole, then in pieces of every size from 1 to 7: the result
+ * (return, data, done) must not depend on how the bytes arrive. */
+static long dechunk(const char *src, size_t len, char *out, size_t cap, size_t *olen) {
+  struct http_chunked st = {0};
+  *olen = 0;
+  long whole = http_chunked_decode(&st, src, len, out, olen, cap);
+  int done = st.done;
+  for (size_t piece = 1; piece <= 7; piece++) {
+    struct http_chunked s2 = {0};
+    char buf[256];
+    size_t n = 0, at = 0;
+    long rc = 0;
+    while (at < len && !s2.done) {
+      size_t k = len - at < piece ? len - at : piece;
+      rc = http_chunked_decode(&s2, src + at, k, buf, &n, cap < sizeof(buf) ? cap : sizeof(buf));
+      if (rc < 0) break;
+      at += (size_t)rc;
+      if ((size_t)rc < k && !s2.done) break; /* full */
+    }
+    if (whole < 0) {
+      assert_int_equal(rc, whole);
+    } else {
+      assert_true(rc >= 0);
+      assert_int_equal(at, (size_t)whole);
+      assert_int_equal(s2.done, done);
+      assert_int_equal(n, *olen);
+      assert_memory_equal(buf, out, n);
+    }
+  }
+  return whole;
+}
+
+static void test_chunked(void **state) {
+  (void)state;
+  char out[256];
+  size_t n;
+  const char *a = "5\r\nhello\r\n1;ext=\"x y\"\r\n,\r\n6 \r\n world\r\n0\r\n\r\nNEXT";
+  assert_int_equal(dechunk(a, strlen(a), out, sizeof(out), &n), (long)strlen(a) - 4);
+  assert_int_equal(n, 12);
+  assert_memory_equal(out, "hello, world", 12);
+  /* hex sizes in either case, trailers skipped */
+  const char *b = "A\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n";
+  assert_int_equal(dechunk(b, strlen(b), out, sizeof(out), &n), (long)strlen(b));
+  assert_int_equal(n, 20);
+  /* an empty body */
+  assert_int_equal(dechunk("0\r\n\r\n", 5, out, sizeof(out), &n), 5);
+  assert_int_equal(n, 0);
+  /* incomplete: everything consumed, not done */
+  struct http_chunked st = {0};
+  n = 0;
+  assert_int_equal(http_chunked_decode(&st, "5\r\nhel", 6, out, &n, sizeof(out)), 6);
+  assert_false(st.done);
+  assert_int_equal(n, 3);
+  /* malformed */
+  const char *bad[] = {"x\r\n",
+                       "\r\n",
+                       "5\nhello\r\n0\r\n\r\n",
+                       "5\r\nhelloX\r\n",
+                       "5\r\nhello\r\n0\r\n\rX",
+                       "1000000000000000\r\n",
+                       "0\r\nX-T: \x01\r\n\r\n"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    if (dechunk(bad[i], strlen(bad[i]), out, sizeof(out), &n) != HTTP_EMALFORMED) {
+      print_error("accepted: %s\n", bad[i]);
+      fail();
+    }
+  }
+  /* too large for the destination: it stops where dst is full, and goes
+   * on once there is room */
+  memset(&st, 0, sizeof(st));
+  n = 0;
+  assert_int_equal(http_chunked_decode(&st, "5\r\nhello\r\n0\r\n\r\n", 15, out, &n, 4), 7);
+  assert_false(st.done);
+  assert_int_equal(n, 4);
+  assert_int_equal(http_chunked_decode(&st, "o\r\n0\r\n\r\n", 8, out, &n, 5), 8);
+  assert_true(st.done);
+  assert_memory_equal(out, "hello", 5);
+  /* discarding: dst NULL, only the count */
+  memset(&st, 0, sizeof(st));
+  n = 0;
+  assert_int_equal(http_chunked_decode(&st, "3\r\nabc\r\n0\r\n\r\n", 13, NULL, &n, SIZE_MAX), 13);
+  assert_true(st.done);
+  assert_int_equal(n, 3);
+  /* an over-long extension */
+  char longext[HTTP_CHUNK_LINE_MAX + 16];
+  memset(longext, 'x', sizeof(longext));
+  memcpy(longext, "1;", 2);
+  memset(&st, 0, sizeof(st));
+  n = 0;
+  assert_int_equal(http_chunked_decode(&st, longext, sizeof(longext), out, &n, sizeof(out)),
+                   HTTP_EMALFORMED);
+}
+
+static void test_format_head(void **state) {
+  (void)state;
+  char out[256];
+  int n = http_format_head(out, sizeof(out), 200, "application/json", 12, NULL, 0);
+  assert_int_equal(n, (int)strlen(out));
+  assert_string_equal(out,
+                      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 12\r\n\r\n");
+  n = http_format_head(out, sizeof(out), 405, NULL, 0, "Allow: POST\r\n", 1);
+  assert_string_equal(out,
+                      "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nAllow: POST\r\n"
+                      "Connection: close\r\n\r\n");
+  assert_int_equal(http_format_head(out, 20, 200, "application/json", 12, NULL, 0), -1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_valid_request),
@@ -732,6 +949,13 @@ int main(void) {
       cmocka_unit_test(test_format_response),
       cmocka_unit_test(test_format_response_too_small),
       cmocka_unit_test(test_reason),
+      cmocka_unit_test(test_body_framing),
+      cmocka_unit_test(test_keep_alive),
+      cmocka_unit_test(test_media_type),
+      cmocka_unit_test(test_expect),
+      cmocka_unit_test(test_query_param),
+      cmocka_unit_test(test_chunked),
+      cmocka_unit_test(test_format_head),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
