@@ -4,7 +4,8 @@
 #   make test         format-check, then test-suite
 #   make test-suite   unit, fuzz (brief), chaos (short), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
-#   make bench        tidings vs uWebSockets.js vs Node ws -> docs/benchmarks.md
+#   make bench        tidings vs uWebSockets.js vs Node ws, then bench-shards -> docs/benchmarks.md
+#   make bench-shards one Redis vs three shards vs a Redis Cluster (Redis-bound publishing)
 #   make bench-compare BASE=rev  this tree's tidings beside the one of rev, alternating
 #   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
 #   make chaos-short  the same, a few seconds a scenario (~1 min)
@@ -201,6 +202,11 @@ FORCE:
 # ---- benchmarks: tidings vs uWebSockets.js vs node ws (~5 min) -> docs/benchmarks.md ----
 bench: bin/tidings
 	bash tests/bench/run.sh
+	bash tests/bench/shards.sh
+
+# ---- one Redis vs three shards vs a Redis Cluster, Redis the bottleneck (~3 min) ----
+bench-shards: bin/tidings
+	bash tests/bench/shards.sh
 
 # ---- before/after: two builds of tidings side by side, alternating rounds ----
 BASE   ?= HEAD~1
@@ -208,7 +214,7 @@ ROUNDS ?= 3
 bench-compare:
 	bash tests/bench/compare.sh $(BASE) $(ROUNDS)
 
-.PHONY: bench bench-compare
+.PHONY: bench bench-shards bench-compare
 
 # ---- chaos: faults under load, checked message by message (tests/chaos/README.md) ----
 # The binary is $(TIDINGS_BIN) when set, else bin/tidings-asan; the table

@@ -173,8 +173,9 @@ int bus_channels(struct bus *b, void *req) {
   for (unsigned i = 0; i < b->nshards; i++) {
     struct shard *sh = &b->shards[i];
     if (!sh->cmd.connected) continue;
-    const char *argv[3] = {"PUBSUB", "CHANNELS", pat};
-    size_t lens[3] = {6, 8, n};
+    /* a cluster's topics are sharded channels, each on its slot's master */
+    const char *argv[3] = {"PUBSUB", b->cluster ? "SHARDCHANNELS" : "CHANNELS", pat};
+    size_t lens[3] = {6, strlen(argv[1]), n};
     if (redisAsyncCommandArgv(sh->cmd.ac, on_channels, l, 3, argv, lens) == REDIS_OK) l->waiting++;
   }
   if (!l->waiting) {

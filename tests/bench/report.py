@@ -715,7 +715,16 @@ def main():
     ]:
         w("* " + n)
     w("")
-    with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
+    # the section tests/bench/shards.sh writes stays until it writes it again
+    path = os.path.join(a.out, "benchmarks.md")
+    try:
+        old = open(path).read()
+    except OSError:
+        old = ""
+    m = re.search(r"<!-- shards:begin -->.*?<!-- shards:end -->\n", old, flags=re.S)
+    if m:
+        w(m.group(0))
+    with open(path, "w") as f:
         f.write("\n".join(L))
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import recv_json, request, wait_for, ws_connect
+from helpers import expect_close, recv_json, request, wait_for, ws_connect
 from rcluster import RedisCluster
 
 REROUTE_LIMIT_S = 10
@@ -169,5 +169,37 @@ def test_resharding_while_publishing_delivers_every_message_once(start_server, c
         print(f"{len(acked)} of {n} publishes acknowledged during the resharding")
         await sub.close()
         await pub.close()
+
+    asyncio.run(run())
+
+
+def test_orders_and_topic_list_reach_every_host(start_server, cluster):
+    """Control messages ride classic Pub/Sub, which a cluster broadcasts:
+    an order given on any node closes the subject's connections on every
+    host; /api/topics lists the sharded channels of every master."""
+    import http.client
+    from test_auth import SECRET, make_jwt
+    key = "cluster-test-api-key-0123456789"
+    args = ["--redis-cluster", cluster.seeds, "--jwt-secret", SECRET, "--api-key", key]
+    hosts = [start_server(workers=2, args=args), start_server(workers=1, args=args)]
+    tok = make_jwt({"sub": "carol", "subscribe": ["*"], "publish": ["*"]}, SECRET)
+
+    async def run():
+        conns = [await ws_connect(f"{h.url}?token={tok}") for h in hosts for _ in range(4)]
+        for i, ws in enumerate(conns):
+            r = await request(ws, {"type": "subscribe", "topic": f"t.{i}"})
+            assert r["status"] == "subscribed", r
+
+        def listed():
+            c = http.client.HTTPConnection("127.0.0.1", hosts[0].port, timeout=10)
+            c.request("GET", "/api/topics", headers={"Authorization": f"apikey {key}"})
+            body = json.loads(c.getresponse().read())
+            c.close()
+            return {t["topic"] for t in body["topics"]} == {f"t.{i}" for i in range(8)}
+        wait_for("every topic listed", listed)
+        cluster.live()[-1].cli("PUBLISH", ".tidings.all",
+                               json.dumps({"op": "disconnect", "sub": "carol"}))
+        for ws in conns:
+            assert await expect_close(ws) == 4403
 
     asyncio.run(run())
