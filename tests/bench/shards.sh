@@ -20,7 +20,7 @@
 # docs/benchmarks.md (kept by report.py).  Every process runs under
 # `timeout` and is killed by the EXIT trap.
 #
-# Environment: SHARDS_QUOTA (default 25), SHARDS_ROUNDS (3), SHARDS_DURATION
+# Environment: SHARDS_QUOTA (default 4), SHARDS_ROUNDS (3), SHARDS_DURATION
 # (10 s), BENCH_OUT (docs/), BENCH_QUICK=1 (a short try).
 set -euo pipefail
 
@@ -29,7 +29,7 @@ BENCH=$ROOT/tests/bench
 LOADGEN=$BENCH/loadgen
 TIDINGS=$ROOT/bin/tidings
 OUT=${BENCH_OUT:-$ROOT/docs}
-QUOTA=${SHARDS_QUOTA:-25}
+QUOTA=${SHARDS_QUOTA:-4}
 ROUNDS=${SHARDS_ROUNDS:-3}
 DURATION=${SHARDS_DURATION:-10}
 [[ ${BENCH_QUICK:-0} == 1 ]] && { ROUNDS=1; DURATION=3; }
@@ -213,7 +213,8 @@ lines = ["<!-- shards:begin -->", "## Redis-bound publishing: one Redis, three s
 for key, name in modes:
     rs = [r for r in rows if r["mode"] == key]
     pps = statistics.median(r["published_per_s"] for r in rs)
-    lines.append(f"| {name} | {pps:,.0f} ({', '.join(f'{r['published_per_s']:,.0f}' for r in rs)}) "
+    each = ", ".join(format(r["published_per_s"], ",.0f") for r in rs)
+    lines.append(f"| {name} | {pps:,.0f} ({each}) "
                  f"| {pps / base:.2f}x | {statistics.median(r['deliveries_per_s'] for r in rs):,.0f} "
                  f"| {statistics.median(r['latency_p99_ms'] for r in rs):.1f} "
                  f"| {statistics.median(r['redis_cpu_us_per_publish'] for r in rs):.1f} µs "
