@@ -247,30 +247,50 @@ static const char PUB_D[] = ",\"pad\":\"";
 static const char PUB_E[] = "\"}}";
 #define LIT(s) (sizeof(s) - 1)
 
-/* --http-pub: the same payload in a POST /api/publish (keep-alive; the
- * answers come in request order, like the WebSocket replies) */
-static const char HPUB_A[] = "{\"topic\":\"";
-static const char HPUB_B[] = "\",\"payload\":{\"seq\":";
-
-static int http_pub_send_one(struct conn *c, uint64_t ts) {
+/* The variable head of the next publish of c (everything before the
+ * pad): start, the topic, then the sequence number and the send time.
+ * Returns its length; *topic is the topic's index. */
+static size_t pub_head(const struct conn *c, uint64_t ts, const char *start, size_t slen,
+                       char head[256], uint32_t *topic) {
   uint64_t s = c->s_next;
   uint32_t t = (uint32_t)((s + c->idx) % g.o.topics);
   uint64_t seq = ((uint64_t)c->idx << 32) | s;
-  char head[256];
   char *h = head;
-  memcpy(h, HPUB_A, LIT(HPUB_A));
-  h += LIT(HPUB_A);
+  memcpy(h, start, slen);
+  h += slen;
   memcpy(h, g.topic_name[t], g.topic_len[t]);
   h += g.topic_len[t];
-  memcpy(h, HPUB_B, LIT(HPUB_B));
-  h += LIT(HPUB_B);
+  memcpy(h, PUB_B, LIT(PUB_B));
+  h += LIT(PUB_B);
   h = u64_to_dec(h, seq);
   memcpy(h, PUB_C, LIT(PUB_C));
   h += LIT(PUB_C);
   h = u64_to_dec(h, ts);
   memcpy(h, PUB_D, LIT(PUB_D));
   h += LIT(PUB_D);
-  size_t hl = (size_t)(h - head);
+  *topic = t;
+  return (size_t)(h - head);
+}
+
+/* A publish of c to topic t went out at ts: counted. */
+static void pub_sent(struct conn *c, uint32_t t, uint64_t ts) {
+  uint64_t s = c->s_next++;
+  g.pub_total++;
+  if (ts >= g.t_start && ts < g.t_end) {
+    if (c->s_first == UINT64_MAX) c->s_first = s;
+    g.exp_topic[t]++;
+    g.pub_window++;
+  }
+}
+
+/* --http-pub: the same payload in a POST /api/publish (keep-alive; the
+ * answers come in request order, like the WebSocket replies) */
+static const char HPUB_A[] = "{\"topic\":\"";
+
+static int http_pub_send_one(struct conn *c, uint64_t ts) {
+  char head[256];
+  uint32_t t;
+  size_t hl = pub_head(c, ts, HPUB_A, LIT(HPUB_A), head, &t);
   size_t len = hl + g.padlen + LIT(PUB_E);
   char rh[512];
   int rn = snprintf(rh, sizeof(rh),
@@ -285,37 +305,15 @@ static int http_pub_send_one(struct conn *c, uint64_t ts) {
   memcpy(p + rn + hl, g.pad, g.padlen);
   memcpy(p + rn + hl + g.padlen, PUB_E, LIT(PUB_E));
   c->out[c->cur].len += (size_t)rn + len;
-  c->s_next++;
-  g.pub_total++;
-  if (ts >= g.t_start && ts < g.t_end) {
-    if (c->s_first == UINT64_MAX) c->s_first = s;
-    g.exp_topic[t]++;
-    g.pub_window++;
-  }
+  pub_sent(c, t, ts);
   return 0;
 }
 
 static int pub_send_one(struct conn *c, uint64_t ts) {
   if (c->http) return http_pub_send_one(c, ts);
-  uint64_t s = c->s_next;
-  uint32_t t = (uint32_t)((s + c->idx) % g.o.topics);
-  uint64_t seq = ((uint64_t)c->idx << 32) | s;
-  /* the variable head: everything before the pad */
   char head[256];
-  char *h = head;
-  memcpy(h, PUB_A, LIT(PUB_A));
-  h += LIT(PUB_A);
-  memcpy(h, g.topic_name[t], g.topic_len[t]);
-  h += g.topic_len[t];
-  memcpy(h, PUB_B, LIT(PUB_B));
-  h += LIT(PUB_B);
-  h = u64_to_dec(h, seq);
-  memcpy(h, PUB_C, LIT(PUB_C));
-  h += LIT(PUB_C);
-  h = u64_to_dec(h, ts);
-  memcpy(h, PUB_D, LIT(PUB_D));
-  h += LIT(PUB_D);
-  size_t hl = (size_t)(h - head);
+  uint32_t t;
+  size_t hl = pub_head(c, ts, PUB_A, LIT(PUB_A), head, &t);
   size_t len = hl + g.padlen + LIT(PUB_E);
   char *p = out_reserve(c, 14 + len);
   if (!p) return -1;
@@ -327,13 +325,7 @@ static int pub_send_one(struct conn *c, uint64_t ts) {
   mask_copy(d + hl, g.pad, g.padlen, key, &ko);
   mask_copy(d + hl + g.padlen, PUB_E, LIT(PUB_E), key, &ko);
   c->out[c->cur].len += fh + len;
-  c->s_next++;
-  g.pub_total++;
-  if (ts >= g.t_start && ts < g.t_end) {
-    if (c->s_first == UINT64_MAX) c->s_first = s;
-    g.exp_topic[t]++;
-    g.pub_window++;
-  }
+  pub_sent(c, t, ts);
   return 0;
 }
 

@@ -122,6 +122,19 @@ async def subscribe(ws, topic, **extra):
     return reply
 
 
+async def subscribe_many(ws, topics, **extra):
+    """Subscribes ws to every topic, the requests pipelined; returns the
+    replies by topic."""
+    for t in topics:
+        await send_json(ws, {"type": "subscribe", "topic": t, **extra})
+    replies = {}
+    while len(replies) < len(topics):
+        m = await recv_json(ws)
+        assert m.get("status") == "subscribed", m
+        replies[m["topic"]] = m
+    return replies
+
+
 def note(topic, payload):
     """The notification of a publish."""
     return {"type": "notification", "topic": topic, "payload": payload}

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import expect_close, recv_json, request, wait_for, ws_connect
+from helpers import expect_close, recv_json, request, subscribe_many, wait_for, ws_connect
 from rcluster import RedisCluster
 
 REROUTE_LIMIT_S = 10
@@ -25,17 +25,6 @@ def cluster(tmp_path):
     c = RedisCluster(tmp_path).start()
     yield c
     c.stop()
-
-
-async def subscribe_many(ws, topics, **extra):
-    for t in topics:
-        await ws.send(json.dumps({"type": "subscribe", "topic": t, **extra}))
-    replies = {}
-    while len(replies) < len(topics):
-        m = await recv_json(ws)
-        assert m.get("status") == "subscribed", m
-        replies[m["topic"]] = m
-    return replies
 
 
 async def publish_all(ws, items):

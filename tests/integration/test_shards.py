@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from conftest import Redis
-from helpers import recv_json, request, wait_for, wait_for_async, ws_connect
+from helpers import recv_json, request, subscribe_many, wait_for, wait_for_async, ws_connect
 
 MASK = (1 << 64) - 1
 
@@ -91,17 +91,6 @@ def test_shard_command_refuses_bad_input():
                       (["shard", "t", "--redis", "redis://a,redis://a:6379"], "twice")):
         out = subprocess.run([tidings_bin(), *args], capture_output=True, text=True, timeout=30)
         assert out.returncode != 0 and why in out.stderr, (args, out.stderr)
-
-
-async def subscribe_many(ws, topics, **extra):
-    for i, t in enumerate(topics):
-        await ws.send(json.dumps({"type": "subscribe", "topic": t, "id": i, **extra}))
-    replies = {}
-    while len(replies) < len(topics):
-        m = await recv_json(ws)
-        assert m.get("status") == "subscribed", m
-        replies[m["topic"]] = m
-    return replies
 
 
 def test_a_thousand_topics_across_three_shards_and_two_hosts(start_server, redis3):
