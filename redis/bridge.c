@@ -1,10 +1,13 @@
 /* The Redis bus (bus.h): joins the workers of this host and of every other
  * host through Redis Pub/Sub.
  *
- * Each worker keeps two connections on its own loop (hiredis' async API
- * bound to libuv by uvadapter.c): a command connection for PUBLISH and a
- * subscriber connection that holds one SUBSCRIBE per topic with local
- * subscribers.  Both reconnect by themselves with jittered backoff capped at
+ * The topics are spread over shards: the servers of --redis (common/shard.h
+ * says which topic lives where), or the masters of a Redis Cluster
+ * (cluster.c).  For each shard a worker keeps two connections on its own
+ * loop (hiredis' async API bound to libuv by uvadapter.c): a command
+ * connection for PUBLISH and a subscriber connection that holds one
+ * SUBSCRIBE per topic of the shard with local subscribers.  A shard that is
+ * down takes only its own topics down.  Both reconnect by themselves with jittered backoff capped at
  * one second, so that publishes work again within a second of Redis coming
  * back; when one of the two comes back the other is retried at once.  The
  * subscriber re-subscribes every live topic when it comes back; if that
