@@ -79,3 +79,24 @@ int shard_split(const char *list, struct shard_url out[SHARDS_MAX], char *err, s
     p = end + 1;
   }
 }
+
+/* CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster
+ * hashes keys. */
+static uint16_t crc16(const char *p, size_t n) {
+  uint16_t crc = 0;
+  for (size_t i = 0; i < n; i++) {
+    crc ^= (uint16_t)((unsigned char)p[i] << 8);
+    for (int k = 0; k < 8; k++) crc = crc & 0x8000 ? (uint16_t)((crc << 1) ^ 0x1021) : crc << 1;
+  }
+  return crc;
+}
+
+unsigned shard_slot(const char *key, size_t len) {
+  /* a hash tag: the bytes between the first '{' and the next '}', if any */
+  const char *open = memchr(key, '{', len);
+  if (open) {
+    const char *close = memchr(open + 1, '}', len - (size_t)(open + 1 - key));
+    if (close && close > open + 1) return crc16(open + 1, (size_t)(close - open - 1)) & 16383;
+  }
+  return crc16(key, len) & 16383;
+}

@@ -27,6 +27,13 @@ unsigned shard_jump(uint64_t key, unsigned n);
 /* The shard of topic among n. */
 unsigned shard_of(const char *topic, size_t tlen, unsigned n);
 
+/* With --redis-cluster a topic lives on the master of its hash slot:
+ * CRC16/XMODEM of the channel <prefix><topic> (or of its hash tag, the
+ * bytes between the first '{' and the next '}', when there is one and it is
+ * not empty) modulo 16384, as Redis Cluster hashes keys. */
+#define SHARD_SLOTS 16384
+unsigned shard_slot(const char *key, size_t len);
+
 /* One URL of a comma-separated --redis list, pointing into the list. */
 struct shard_url {
   const char *p;

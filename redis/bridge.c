@@ -7,11 +7,10 @@
  * loop (hiredis' async API bound to libuv by uvadapter.c): a command
  * connection for PUBLISH and a subscriber connection that holds one
  * SUBSCRIBE per topic of the shard with local subscribers.  A shard that is
- * down takes only its own topics down.  Both reconnect by themselves with jittered backoff capped at
- * one second, so that publishes work again within a second of Redis coming
- * back; when one of the two comes back the other is retried at once.  The
- * subscriber re-subscribes every live topic when it comes back; if that
- * cannot be sent (memory), the connection is dropped and the whole
+ * down takes only its own topics down.  Both reconnect by themselves with jittered backoff capped
+ * at one second, so that publishes work again within a second of Redis coming back; when one of the
+ * two comes back the other is retried at once.  The subscriber re-subscribes every live topic when
+ * it comes back; if that cannot be sent (memory), the connection is dropped and the whole
  * re-subscription retried, so no topic is ever left unsubscribed silently.
  *
  * While the command connection is down a publish is refused at once; a
@@ -103,7 +102,7 @@ size_t bridge_channel(const struct bus *b, const char *topic, size_t tlen, char 
 struct shard *bridge_shard(struct bus *b, const char *topic, size_t tlen) {
   if (!b->cluster) return &b->shards[shard_of(topic, tlen, b->nshards)];
   char ch[CHANNEL_MAX];
-  int i = b->slot_owner[cluster_slot(ch, bridge_channel(b, topic, tlen, ch))];
+  int i = b->slot_owner[shard_slot(ch, bridge_channel(b, topic, tlen, ch))];
   return i >= 0 && b->shards[i].active ? &b->shards[i] : NULL;
 }
 

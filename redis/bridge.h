@@ -119,10 +119,7 @@ int control_channel(const struct bus *b, const char *chan, size_t len);
 
 /* ---- cluster.c ---- */
 
-#define CLUSTER_SLOTS 16384
-
-/* The hash slot of a key (or channel): CRC16/XMODEM of its hash tag. */
-unsigned cluster_slot(const char *key, size_t len);
+#define CLUSTER_SLOTS SHARD_SLOTS
 /* Sets up the bus for --redis-cluster: the seeds as provisional shards and
  * the map's timer.  Returns 0 or -1 (logged). */
 int cluster_init(struct bus *b);

@@ -33,27 +33,6 @@
 #define CLUSTER_POLL_DOWN_MS 1000
 #define CLUSTER_SOON_MS 50
 
-/* CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster
- * hashes keys. */
-static uint16_t crc16(const char *p, size_t n) {
-  uint16_t crc = 0;
-  for (size_t i = 0; i < n; i++) {
-    crc ^= (uint16_t)((unsigned char)p[i] << 8);
-    for (int k = 0; k < 8; k++) crc = crc & 0x8000 ? (uint16_t)((crc << 1) ^ 0x1021) : crc << 1;
-  }
-  return crc;
-}
-
-unsigned cluster_slot(const char *key, size_t len) {
-  /* a hash tag: the bytes between the first '{' and the next '}', if any */
-  const char *open = memchr(key, '{', len);
-  if (open) {
-    const char *close = memchr(open + 1, '}', len - (size_t)(open + 1 - key));
-    if (close && close > open + 1) return crc16(open + 1, (size_t)(close - open - 1)) & 16383;
-  }
-  return crc16(key, len) & 16383;
-}
-
 /* ---- shards by address ---- */
 
 static struct shard *find_shard(struct bus *b, const char *host, int port) {
@@ -114,7 +93,7 @@ struct moves {
 static void move_one(void *arg, const char *topic, size_t tlen) {
   struct moves *m = arg;
   char ch[CHANNEL_MAX];
-  unsigned slot = cluster_slot(ch, bridge_channel(m->b, topic, tlen, ch));
+  unsigned slot = shard_slot(ch, bridge_channel(m->b, topic, tlen, ch));
   int o = m->old[slot], w = m->now[slot];
   if (o == w) return;
   if (o >= 0) m->changed[o] = 1;
