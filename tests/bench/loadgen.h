@@ -209,7 +209,7 @@ struct global {
   struct hist e2e_lat;
 };
 
-#define E2E_GIVE_UP_NS 5000000000ull
+#define E2E_GIVE_UP_NS 10000000000ull
 
 extern struct global g;
 
