@@ -79,6 +79,10 @@ def fit(xs, ys):
     return a, b, (1 - ss_res / ss_tot) if ss_tot else 1.0
 
 
+def poss(label):
+    return label + ("'" if label.endswith("s") else "'s")
+
+
 def growth_word(f):
     """a change factor in words"""
     if f is None:
@@ -141,15 +145,15 @@ def sweep_sentence(records, sweep):
             # cost = per publish + per delivery: flat CPU per delivery at the
             # top means the cost grows linearly with the subscribers
             if 0.75 <= cb / ca <= 1.33:
-                reading.append("%s's CPU per delivery falls from %s µs (few subscribers: the per-publish cost "
+                reading.append("%s CPU per delivery falls from %s µs (few subscribers: the per-publish cost "
                                "dominates) and levels off at %s-%s µs from %s subscribers on, so above that its "
                                "cost grows linearly with the subscribers" % (
-                                   label, fmt_num(c0), fmt_num(min(ca, cb)), fmt_num(max(ca, cb)),
+                                   poss(label), fmt_num(c0), fmt_num(min(ca, cb)), fmt_num(max(ca, cb)),
                                    "{:,}".format(xa)))
             else:
-                reading.append("%s's CPU per delivery still changes %.2f× between %s and %s subscribers "
+                reading.append("%s CPU per delivery still changes %.2f× between %s and %s subscribers "
                                "(%s → %s µs): not linear there" % (
-                                   label, cb / ca, "{:,}".format(xa), "{:,}".format(xb), fmt_num(ca), fmt_num(cb)))
+                                   poss(label), cb / ca, "{:,}".format(xa), "{:,}".format(xb), fmt_num(ca), fmt_num(cb)))
         elif sweep == "topics":
             # deliveries per publish = 10,000 / topics: compare CPU per publish
             def per_pub(r):
@@ -157,9 +161,9 @@ def sweep_sentence(records, sweep):
                 return r["server_cpu_pct"] / 100.0 / m * 1e6 if m else None
             pa, pb, p0 = per_pub(ra), per_pub(rb), per_pub(pts[0][1])
             if pa and pb and p0:
-                reading.append("%s's CPU per publish went %s µs (1 topic, 10,000 deliveries each) → %s µs (%s "
+                reading.append("%s CPU per publish went %s µs (1 topic, 10,000 deliveries each) → %s µs (%s "
                                "topics) → %s µs (%s topics, %s deliveries each): %s" % (
-                                   label, fmt_num(p0), fmt_num(pa), "{:,}".format(xa), fmt_num(pb),
+                                   poss(label), fmt_num(p0), fmt_num(pa), "{:,}".format(xa), fmt_num(pb),
                                    "{:,}".format(xb), fmt_num(10000 / xb),
                                    "with few subscribers per topic the cost per publish, not per delivery, "
                                    "sets the rate, so deliveries/s falls roughly as 1/topics" if xb >= 1000 else
@@ -174,6 +178,8 @@ def sweep_sentence(records, sweep):
                                ": linear in the bytes" if 0.75 * sz <= grow <= 1.33 * sz else
                                (": less than linear, a per-message cost still weighs" if grow < 0.75 * sz
                                 else ": more than linear")))
+    if reading:
+        parts.append("Reading: " + "; ".join(reading) + ".")
     return " ".join(parts)
 
 
@@ -197,9 +203,13 @@ def sweep_chart(records, sweep, work, title):
         "set xlabel '%s'" % SWEEPS[sweep][1],
         "set yrange [0:*]",
     ]
-    for col, ylabel in [(2, "deliveries/s (millions)"), (3, "p99 delivery latency (ms)"),
-                        (5, "server CPU per delivery (µs)")]:
+    # deliveries/s and latency span orders of magnitude over a sweep: log y
+    for col, ylabel, logy in [(2, "deliveries/s (millions, log scale)", True),
+                              (3, "p99 delivery latency (ms, log scale)", True),
+                              (5, "server CPU per delivery (µs)", False)]:
         gp.append("set title '%s'" % ylabel)
+        gp.append("set logscale y" if logy else "unset logscale y")
+        gp.append("set yrange [*:*]" if logy else "set yrange [0:*]")
         gp.append("plot " + ", ".join(
             "'growth-%s-%s.dat' using 1:%d with linespoints lw 2 pt 7 lc rgb '%s' title '%s'" % (
                 sweep, s, col, "#" + COLORS[s][2:], label) for s, label in SERVERS))
