@@ -358,11 +358,39 @@ def api_rows(results):
     return out
 
 
+def e2e_rows(results):
+    """Scenario 11: the end-to-end window beside the acknowledgement window,
+    per load and server; lines of a markdown table."""
+    out = ["| load | server | deliveries/s, ack window | deliveries/s, e2e window | e2e ÷ ack | "
+           "p99 per delivery ack / e2e (ms) | e2e latency to the last subscriber p50 / p99 (ms) | expired |",
+           "|---|---|---|---|---|---|---|---|"]
+    for load, label in [("fanout", "fan-out, 1,000 subs"), ("many", "10,000 subs / 1,000 topics")]:
+        for srv, slabel in [("tidings", "tidings"), ("uws", "uWS.js")]:
+            ack, e2e = results.res("e2e", srv, load + "_ack"), results.res("e2e", srv, load + "_e2e")
+            if not ack and not e2e:
+                continue
+            d = lambda r: r.get("deliveries_per_s") if r else None
+            out.append("| %s | %s | %s | %s | %s | %s / %s | %s / %s | %s |" % (
+                label, slabel, rate(d(ack)), rate(d(e2e)), ratio(d(e2e), d(ack)),
+                num(ack.get("latency_p99_ms")) if ack else "—", num(e2e.get("latency_p99_ms")) if e2e else "—",
+                num(e2e.get("e2e_latency_p50_ms")) if e2e else "—", num(e2e.get("e2e_latency_p99_ms")) if e2e else "—",
+                (e2e.get("e2e_expired") if e2e else "—")))
+        t, u = results.res("e2e", "tidings", load + "_e2e"), results.res("e2e", "uws", load + "_e2e")
+        if t and u:
+            out.append("| %s | **tidings ÷ uWS** | %s | %s | | | | |" % (
+                label, ratio((results.res("e2e", "tidings", load + "_ack") or {}).get("deliveries_per_s"),
+                             (results.res("e2e", "uws", load + "_ack") or {}).get("deliveries_per_s")),
+                ratio(t.get("deliveries_per_s"), u.get("deliveries_per_s"))))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--api-summary", action="store_true",
                     help="print scenario 10's table and nothing else (BENCH_ONLY runs)")
+    ap.add_argument("--e2e-summary", action="store_true",
+                    help="print scenario 11's table, per placement, and nothing else (BENCH_ONLY runs)")
     ap.add_argument("--out")
     ap.add_argument("--work")
     ap.add_argument("--root")
@@ -377,6 +405,11 @@ def main():
     results = Results(records)
     if a.api_summary:
         print("\n".join(api_rows(results)))
+        return
+    if a.e2e_summary:
+        for p in results.placements:
+            print("placement %s:" % p)
+            print("\n".join(e2e_rows(results.at(p))))
         return
     if not (a.out and a.work and a.root and a.elapsed is not None):
         ap.error("--out, --work, --root and --elapsed are required")
@@ -695,12 +728,30 @@ def main():
         w(line)
     w("")
 
+    # 11. end-to-end window
+    w("## 11. End-to-end window vs acknowledgement window (issue 15)")
+    w("")
+    w("The loads of scenarios 1 and 2 (a window of %s publishes per publisher, maximum rate) on one "
+      "server instance, first as usual (a publish leaves the window when the server acknowledges it), "
+      "then with `loadgen --e2e`: a publish leaves the window only when every subscriber of its topic "
+      "has received it. A server that acknowledges before it delivers gets ahead in the first mode and "
+      "not in the second. Latency to the last subscriber: publish sent → the last subscriber's "
+      "receipt." % a.fan_window)
+    w("")
+    for pi, p in enumerate([results.placement] + results.others()):
+        if len(results.placements) > 1:
+            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
+            w("")
+        for line in e2e_rows(results.at(p)):
+            w(line)
+        w("")
+
     # every run in every placement
     if len(results.placements) > 1:
         pls = results.placements
         w("## Every run by CPU placement")
         w("")
-        w("Sections 1 to 4 show both placements; sections 5 to 10 show `%s` only. This table has "
+        w("Sections 1 to 4 and 11 show both placements; sections 5 to 10 show `%s` only. This table has "
           "every loadgen run of both: " % results.placement +
           "; ".join("`%s`: %s" % (p, PLACEMENT_TEXT.get(p, p)) for p in pls) + ".")
         w("")

@@ -23,7 +23,8 @@
 #   BENCH_ONLY=N,M       run only these scenarios (numbers as below; 4 and 7 share
 #                        servers and run together) and print their summaries:
 #                        the docs files are left alone
-#                        (e.g. BENCH_ONLY=10: the HTTP API beside WebSocket publishes)
+#                        (e.g. BENCH_ONLY=10: the HTTP API beside WebSocket publishes;
+#                        BENCH_ONLY=11: the end-to-end window beside the ack window)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -50,7 +51,14 @@ bench_init tidings-bench
 if [[ $QUICK == 1 ]]; then D_FAN=2 D_MANY=2 D_LAT=2 D_LARGE=2 D_IDLE=1 D_REDIS=2 D_CPU=2 WARM=0.5; IDLE_CONNS=2000
 else D_FAN=10 D_MANY=6 D_LAT=10 D_LARGE=6 D_IDLE=3 D_REDIS=10 D_CPU=6 WARM=1; IDLE_CONNS=10000; fi
 D_API=$D_FAN; [[ $QUICK == 1 ]] && D_API=2
+D_E2E=6; [[ $QUICK == 1 ]] && D_E2E=2
 FAN_WINDOW=32   # unacknowledged publishes at --rate 0; see the notes in docs/benchmarks.md
+# the loads of scenarios 1, 2 and 3, which 8, 9 and 11 repeat
+FANOUT=(--subs 1000 --topics 1 --pubs 1 --rate 0 --window $FAN_WINDOW --size 64 --warmup $WARM
+        --duration $D_FAN --grace 3)
+MANY=(--subs 10000 --topics 1000 --pubs 2 --rate 0 --window $FAN_WINDOW --size 64 --connect-rate 5000
+      --warmup $WARM --duration $D_MANY --grace 3)
+LATENCY=(--subs 1000 --topics 1 --pubs 1 --rate 20 --size 64 --warmup $WARM --duration $D_LAT --grace 3)
 
 
 log "work dir $WORK"
@@ -76,8 +84,6 @@ for pl in $PLACEMENTS; do
     # 1. fan-out: 1,000 subscribers of one topic, 64-byte payloads, maximum rate.
     if want 1; then
     log "scenario 1: fan-out"
-    FANOUT=(--subs 1000 --topics 1 --pubs 1 --rate 0 --window $FAN_WINDOW --size 64 --warmup $WARM
-            --duration $D_FAN --grace 3)
     start_trio
     for s in tidings uws ws; do
         lg fanout "$s" max "$s" tree 60 -- "${FANOUT[@]}"
@@ -88,8 +94,6 @@ for pl in $PLACEMENTS; do
     # 2. many topics: 10,000 subscribers over 1,000 topics, maximum rate, 2 publishers.
     if want 2; then
     log "scenario 2: many topics"
-    MANY=(--subs 10000 --topics 1000 --pubs 2 --rate 0 --window $FAN_WINDOW --size 64 --connect-rate 5000
-          --warmup $WARM --duration $D_MANY --grace 3)
     start_trio
     for s in tidings uws ws; do
         lg many "$s" max "$s" tree 90 -- "${MANY[@]}"
@@ -100,7 +104,6 @@ for pl in $PLACEMENTS; do
     # 3. latency at a fixed moderate rate: 1,000 subscribers, 20 messages/s.
     if want 3; then
     log "scenario 3: latency at 20 msg/s"
-    LATENCY=(--subs 1000 --topics 1 --pubs 1 --rate 20 --size 64 --warmup $WARM --duration $D_LAT --grace 3)
     start_trio
     for s in tidings uws ws; do
         lg latency "$s" 20rps "$s" tree 60 -- "${LATENCY[@]}"
@@ -211,10 +214,29 @@ for pl in $PLACEMENTS; do
         log "scenario 10: skipped, this tidings has no --api-key"
     fi
     fi
+
+    # 11. end-to-end window (issue 15): the fan-out and many-topics loads with the
+    #     publisher's window closing when every subscriber has the message
+    #     (loadgen --e2e) beside the usual acknowledgement window, on the same
+    #     server instance, tidings and uWS.
+    if want 11; then
+    log "scenario 11: end-to-end window vs acknowledgement window"
+    start_server tidings tidings "${TID[@]}" || true
+    start_server uws node "${NODE_UWS[@]}" || true
+    for s in tidings uws; do
+        lg e2e "$s" fanout_ack "$s" tree 60 -- "${FANOUT[@]}" --duration $D_E2E
+        lg e2e "$s" fanout_e2e "$s" tree 60 -- "${FANOUT[@]}" --duration $D_E2E --e2e
+        lg e2e "$s" many_ack "$s" tree 90 -- "${MANY[@]}" --duration $D_E2E
+        lg e2e "$s" many_e2e "$s" tree 90 -- "${MANY[@]}" --duration $D_E2E --e2e
+    done
+    stop_server tidings
+    stop_server uws
+    fi
 done
 
 if [[ -n $ONLY ]]; then
-    "$PY" "$BENCH/report.py" --results "$RESULTS" --api-summary
+    if want 10; then "$PY" "$BENCH/report.py" --results "$RESULTS" --api-summary; fi
+    if want 11; then "$PY" "$BENCH/report.py" --results "$RESULTS" --e2e-summary; fi
     log "BENCH_ONLY=$ONLY: done in $(($(date +%s) - T_START)) s; docs/ left alone"
     exit 0
 fi
