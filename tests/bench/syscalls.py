@@ -58,6 +58,10 @@ def main():
              "(\"workers\") + its embedded redis-server (\"redis\"); uWS = the node process, all threads." % (
                  now, " (**BENCH_QUICK=1**)" if a.quick == "1" else "",
                  "perf stat -e raw_syscalls:sys_enter" if tool == "perf" else "strace -c -f", place))
+    if tool != "perf":
+        L.append("")
+        L.append("**Counted with strace, which slows the server so much that its writes batch more: these "
+                 "numbers are far below what perf counts and only comparable with each other.**")
     L.append("")
     L.append("| scenario | server | deliveries/s | syscalls/s | per delivery | per publish | of which workers / redis per delivery |")
     L.append("|---|---|---|---|---|---|---|")

@@ -8,8 +8,10 @@
 # on stderr: waited for, not slept), the server processes' system calls are
 # counted for the rest of the window with
 #   perf stat -e raw_syscalls:sys_enter -p PIDS     (when perf works)
-#   strace -c -f -p PIDS                             (otherwise; slows the
-#                                                     server, counts still hold)
+#   strace -c -f -p PIDS                             (otherwise; it slows the
+#                                                     server so much that writes
+#                                                     batch more: far fewer calls
+#                                                     per delivery, see README)
 # and divided by the deliveries (and publishes) the loadgen measured over
 # the window.  tidings is counted in two groups: master + workers, and its
 # embedded redis-server; uWS is its node process (all threads).
