@@ -203,7 +203,7 @@ clean:
 FORCE:
 
 # ---- benchmarks: tidings vs uWebSockets.js vs node ws, both CPU placements, then the
-#      shards, the growth curves and the system calls (~20 min) -> docs/benchmarks.md ----
+#      shards, the growth curves and the system calls (~24 min, estimated) -> docs/benchmarks.md ----
 bench: bin/tidings
 	bash tests/bench/run.sh
 	bash tests/bench/shards.sh
