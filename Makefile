@@ -4,7 +4,10 @@
 #   make test         format-check, then test-suite
 #   make test-suite   unit, fuzz (brief), chaos (short), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
-#   make bench        tidings vs uWebSockets.js vs Node ws, then bench-shards -> docs/benchmarks.md
+#   make bench        tidings vs uWebSockets.js vs Node ws (both CPU placements), bench-shards,
+#                     bench-growth, bench-syscalls -> docs/benchmarks.md
+#   make bench-growth growth curves (subscribers, topics, payload size, idle memory), tidings vs uWS
+#   make bench-syscalls system calls per delivery, tidings vs uWS
 #   make bench-shards one Redis vs three shards vs a Redis Cluster (Redis-bound publishing)
 #   make bench-compare BASE=rev  this tree's tidings beside the one of rev, alternating
 #   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
@@ -199,10 +202,21 @@ clean:
 .PHONY: all asan unit test test-suite clean format format-check format-tool FORCE
 FORCE:
 
-# ---- benchmarks: tidings vs uWebSockets.js vs node ws (~5 min) -> docs/benchmarks.md ----
+# ---- benchmarks: tidings vs uWebSockets.js vs node ws, both CPU placements, then the
+#      shards, the growth curves and the system calls (~24 min, estimated) -> docs/benchmarks.md ----
 bench: bin/tidings
 	bash tests/bench/run.sh
 	bash tests/bench/shards.sh
+	bash tests/bench/growth.sh
+	bash tests/bench/syscalls.sh
+
+# ---- growth curves, tidings vs uWS: subscribers, topics, payload size, idle memory (~6 min) ----
+bench-growth: bin/tidings
+	bash tests/bench/growth.sh
+
+# ---- system calls per delivery, tidings vs uWS (perf stat, else strace; ~2 min) ----
+bench-syscalls: bin/tidings
+	bash tests/bench/syscalls.sh
 
 # ---- one Redis vs three shards vs a Redis Cluster, Redis the bottleneck (~3 min) ----
 bench-shards: bin/tidings
@@ -214,7 +228,7 @@ ROUNDS ?= 3
 bench-compare:
 	bash tests/bench/compare.sh $(BASE) $(ROUNDS)
 
-.PHONY: bench bench-shards bench-compare
+.PHONY: bench bench-shards bench-compare bench-growth bench-syscalls
 
 # ---- chaos: faults under load, checked message by message (tests/chaos/README.md) ----
 # The binary is $(TIDINGS_BIN) when set, else bin/tidings-asan; the table

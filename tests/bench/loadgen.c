@@ -181,6 +181,24 @@ static void setup_done(uint64_t now) {
   g.t_start = now + (uint64_t)(g.o.warmup * 1e9);
   g.t_end = g.t_start + (uint64_t)(g.o.duration * 1e9);
   if (g.o.warmup > 0) INFO("warming up for %.1f s", g.o.warmup);
+  if (g.o.e2e) {
+    /* the subscribers each message must reach: those ready now */
+    for (uint32_t i = 0; i < g.o.subs; i++) {
+      struct conn *c = &g.conns[i];
+      if (c->state != CS_READY) continue;
+      c->e2e_counted = 1;
+      g.e2e_need[c->topic]++;
+    }
+    for (uint32_t i = 0; i < g.o.pubs; i++) {
+      struct conn *c = &g.conns[g.o.subs + i];
+      c->e2e_low = c->s_next;
+      c->ring = calloc(g.o.window, sizeof(struct e2e_slot));
+      if (!c->ring) {
+        lg_log("out of memory");
+        exit(1);
+      }
+    }
+  }
   if (g.o.rate > 0 && g.o.pubs) {
     uv_timer_start(&t_pace, pace_tick, 0, 1);
   } else {
@@ -283,6 +301,7 @@ static void main_tick(uv_timer_t *t) {
       break;
     case PH_WARMUP:
     case PH_MEASURE:
+      e2e_expire(now);
       if (g.open_handles == 0) { /* nothing left to measure */
         lg_log("all connections are gone: stopping");
         exit_code = 1;
@@ -296,6 +315,7 @@ static void main_tick(uv_timer_t *t) {
       if (g.phase == PH_MEASURE && now >= g.t_end) end_measure(now);
       break;
     case PH_DRAIN:
+      e2e_expire(now);
       if (drained() || now >= drain_deadline) begin_closing(now);
       break;
     case PH_CLOSING:
@@ -359,6 +379,9 @@ static void usage(FILE *f) {
       "  --rate R             publishes/s over all publishers; 0 = as fast as the\n"
       "                       window allows (default 1000)\n"
       "  --window W           rate 0: unacknowledged publishes per publisher (default 64)\n"
+      "  --e2e                rate 0: a publish leaves the window when every subscriber\n"
+      "                       of its topic has received it, not when it is acknowledged;\n"
+      "                       reports publish-to-last-delivery latency\n"
       "  --size S             approximate payload size in bytes (default 100)\n"
       "  --warmup S           seconds of publishing before the window (default 2)\n"
       "  --duration S         seconds of measurement (default 10)\n"
@@ -463,6 +486,7 @@ static void parse_opts(int argc, char **argv) {
     OPT_TREE,
     OPT_DEFLATE,
     OPT_HTTP_PUB,
+    OPT_E2E,
     OPT_SRC,
     OPT_JSON,
     OPT_QUIET,
@@ -491,6 +515,7 @@ static void parse_opts(int argc, char **argv) {
       {"server-tree", no_argument, 0, OPT_TREE},
       {"deflate", no_argument, 0, OPT_DEFLATE},
       {"http-pub", required_argument, 0, OPT_HTTP_PUB},
+      {"e2e", no_argument, 0, OPT_E2E},
       {"src-addrs", required_argument, 0, OPT_SRC},
       {"json", no_argument, 0, OPT_JSON},
       {"quiet", no_argument, 0, OPT_QUIET},
@@ -574,6 +599,7 @@ static void parse_opts(int argc, char **argv) {
       case OPT_TREE: o->tree = 1; break;
       case OPT_DEFLATE: o->deflate = 1; break;
       case OPT_HTTP_PUB: o->api_key = optarg; break;
+      case OPT_E2E: o->e2e = 1; break;
       case OPT_JSON: o->json = 1; break;
       case OPT_QUIET: o->quiet = 1; break;
       case OPT_PIDS: {
@@ -600,6 +626,10 @@ static void parse_opts(int argc, char **argv) {
     exit(2);
   }
   if (o->idle) o->pubs = 0;
+  if (o->e2e && (o->idle || o->rate > 0)) {
+    fprintf(stderr, "loadgen: --e2e needs --rate 0 (and no --idle)\n");
+    exit(2);
+  }
   if (o->subs + (uint64_t)o->pubs == 0) {
     fprintf(stderr, "loadgen: nothing to do: --subs and --pubs are both 0\n");
     exit(2);
@@ -704,6 +734,9 @@ static void report(void) {
   double p50 = hist_quantile(&g.lat, 0.50) / 1e6, p99 = hist_quantile(&g.lat, 0.99) / 1e6,
          p999 = hist_quantile(&g.lat, 0.999) / 1e6, pmax = (double)g.lat.max / 1e6,
          pmean = g.lat.n ? g.lat.sum / (double)g.lat.n / 1e6 : 0;
+  double e50 = hist_quantile(&g.e2e_lat, 0.50) / 1e6, e99 = hist_quantile(&g.e2e_lat, 0.99) / 1e6,
+         e999 = hist_quantile(&g.e2e_lat, 0.999) / 1e6, emax = (double)g.e2e_lat.max / 1e6,
+         emean = g.e2e_lat.n ? g.e2e_lat.sum / (double)g.e2e_lat.n / 1e6 : 0;
   long long growth =
       srv_rss_before >= 0 && srv_rss_after >= 0 ? srv_rss_after - srv_rss_before : -1;
   uint64_t held = 0;
@@ -762,6 +795,15 @@ static void report(void) {
     printf("\n");
     printf("latency ms:   p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n", p50, p99, p999,
            pmax, pmean);
+    if (g.o.e2e) {
+      printf("end-to-end:   %" PRIu64
+             " messages reached every subscriber (%.1f/s), expired %" PRIu64 "\n",
+             g.e2e_done, dur > 0 ? (double)g.e2e_done / dur : 0, g.e2e_expired);
+      printf(
+          "e2e latency:  p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f ms (to the last "
+          "subscriber)\n",
+          e50, e99, e999, emax, emean);
+    }
     if (g.o.npids)
       printf("server:       rss %.1f MiB before, %.1f MiB after setup, %.1f%% cpu\n",
              mib(srv_rss_before), mib(srv_rss_after), srv_cpu_pct);
@@ -834,6 +876,17 @@ static void report(void) {
     if (srv_cpu_pct >= 0) jkey_d(&j, "server_cpu_pct", srv_cpu_pct);
     else jput(&j, ",\"server_cpu_pct\":null");
     jkey_u(&j, "held", held);
+    jkey_u(&j, "e2e", (uint64_t)g.o.e2e);
+    if (g.o.e2e) {
+      jkey_u(&j, "e2e_messages", g.e2e_done);
+      jkey_d(&j, "e2e_messages_per_s", dur > 0 ? (double)g.e2e_done / dur : 0);
+      jkey_u(&j, "e2e_expired", g.e2e_expired);
+      jkey_d(&j, "e2e_latency_p50_ms", e50);
+      jkey_d(&j, "e2e_latency_p99_ms", e99);
+      jkey_d(&j, "e2e_latency_p999_ms", e999);
+      jkey_d(&j, "e2e_latency_max_ms", emax);
+      jkey_d(&j, "e2e_latency_mean_ms", emean);
+    }
     jkey_u(&j, "interrupted", (uint64_t)(interrupted != 0));
     jkey_u(&j, "exit_code", (uint64_t)exit_code);
     jput(&j, "}");
@@ -871,9 +924,11 @@ int main(int argc, char **argv) {
   g.topic_len = calloc(g.o.topics, sizeof(size_t));
   g.exp_topic = calloc(g.o.topics, sizeof(uint64_t));
   g.subs_on_topic = calloc(g.o.topics, sizeof(uint64_t));
+  g.e2e_need = calloc(g.o.topics, sizeof(uint64_t));
   g.nconns = (size_t)g.o.subs + g.o.pubs;
   g.conns = calloc(g.nconns, sizeof(struct conn));
-  if (!g.topic_name || !g.topic_len || !g.exp_topic || !g.subs_on_topic || !g.conns) {
+  if (!g.topic_name || !g.topic_len || !g.exp_topic || !g.subs_on_topic || !g.e2e_need ||
+      !g.conns) {
     fprintf(stderr, "loadgen: out of memory\n");
     return 1;
   }
@@ -927,13 +982,17 @@ int main(int argc, char **argv) {
 
   report();
   uv_loop_close(g.loop);
-  for (size_t i = 0; i < g.nconns; i++) free(g.conns[i].trk);
+  for (size_t i = 0; i < g.nconns; i++) {
+    free(g.conns[i].trk);
+    free(g.conns[i].ring);
+  }
   free(g.conns);
   for (uint32_t t = 0; t < g.o.topics; t++) free(g.topic_name[t]);
   free(g.topic_name);
   free(g.topic_len);
   free(g.exp_topic);
   free(g.subs_on_topic);
+  free(g.e2e_need);
   free(g.pad);
   free(g.o.pids);
   free(g.o.src);

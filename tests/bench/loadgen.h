@@ -79,20 +79,30 @@ struct track {
   uint64_t hi, mask;
 };
 
+/* --e2e: one message of a publisher still on its way to the subscribers of
+ * its topic; the publisher's ring holds --window of them (slot s % W) */
+struct e2e_slot {
+  uint64_t ts;  /* when it was sent (the payload's "ts") */
+  uint32_t rem; /* deliveries still missing; 0: complete (or given up) */
+  uint32_t topic;
+};
+
 struct conn {
   uv_tcp_t tcp;
   uv_connect_t creq;
   uv_write_t wreq;
-  uint8_t role;     /* enum role */
-  uint8_t state;    /* enum cstate */
-  uint8_t fail;     /* enum fail_reason of a setup failure */
-  uint8_t ws;       /* upgraded */
-  uint8_t writing;  /* a uv_write is in flight */
-  uint8_t resolved; /* counted as ready or failed in the setup phase */
-  uint8_t in_hs;    /* counted in g.inflight_hs */
-  uint8_t ready;    /* reached CS_READY once */
-  uint8_t dropped;  /* lost after being ready, before the closing phase */
-  uint8_t counted;  /* subscriber: counted in subs_on_topic at the window start */
+  uint8_t role;        /* enum role */
+  uint8_t state;       /* enum cstate */
+  uint8_t fail;        /* enum fail_reason of a setup failure */
+  uint8_t ws;          /* upgraded */
+  uint8_t writing;     /* a uv_write is in flight */
+  uint8_t resolved;    /* counted as ready or failed in the setup phase */
+  uint8_t in_hs;       /* counted in g.inflight_hs */
+  uint8_t ready;       /* reached CS_READY once */
+  uint8_t dropped;     /* lost after being ready, before the closing phase */
+  uint8_t counted;     /* subscriber: counted in subs_on_topic at the window start */
+  uint8_t e2e_counted; /* subscriber: counted in e2e_need when publishing began */
+  uint8_t e2e_kick;    /* publisher: a message completed, refill the window */
   uint8_t close_sent, close_rcvd;
   uint8_t http;                  /* an HTTP API publisher (--http-pub) */
   uint8_t pmd, pmd_nct;          /* permessage-deflate on; server_no_context_takeover */
@@ -111,8 +121,10 @@ struct conn {
   /* publisher */
   uint64_t s_next; /* next per-publisher sequence number */
   uint64_t acks, errs;
-  uint64_t s_first; /* first sequence number inside the window (UINT64_MAX: none yet) */
-  uint64_t sched;   /* rate mode: messages scheduled so far */
+  uint64_t s_first;      /* first sequence number inside the window (UINT64_MAX: none yet) */
+  uint64_t sched;        /* rate mode: messages scheduled so far */
+  struct e2e_slot *ring; /* --e2e: [window] */
+  uint64_t e2e_low;      /* --e2e: oldest sequence number not yet complete */
   /* subscriber */
   struct track *trk; /* [npubs], allocated at the first in-window delivery */
   uint64_t uniq;     /* unique in-window deliveries */
@@ -126,6 +138,7 @@ void conn_fail(struct conn *c, enum fail_reason why, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void pub_send_batch(struct conn *c, uint64_t n, uint64_t ts);
 void pub_pump(struct conn *c);
+void e2e_expire(uint64_t now);
 const char *fail_name(enum fail_reason r);
 void ws_cleanup(void);
 
@@ -141,6 +154,7 @@ struct opts {
   double rate, duration, warmup, grace, connect_rate, setup_timeout;
   size_t size;
   int idle, deflate, json, quiet, tree;
+  int e2e; /* --e2e: the window closes when every subscriber has the message */
   uint64_t max_failures;
   pid_t *pids;
   size_t npids;
@@ -186,7 +200,16 @@ struct global {
   uint64_t rx_ns; /* when the read being parsed returned: every message in it had arrived */
 
   uint64_t pings, inflated;
+
+  /* --e2e: ready subscribers per topic when publishing began (less those
+   * lost since); messages sent in the window and completed by every one of
+   * them; given up after E2E_GIVE_UP_NS; publish-to-last-delivery latency */
+  uint64_t *e2e_need;
+  uint64_t e2e_done, e2e_expired, e2e_kicks;
+  struct hist e2e_lat;
 };
+
+#define E2E_GIVE_UP_NS 10000000000ull
 
 extern struct global g;
 

@@ -98,6 +98,10 @@ static void note_end(struct conn *c, enum fail_reason why, const char *msg) {
   } else if (c->ready && !c->dropped && g.phase < PH_CLOSING && !c->close_sent) {
     c->dropped = 1;
     g.dropped++;
+    if (c->e2e_counted) { /* later messages do not wait for it (earlier ones expire) */
+      c->e2e_counted = 0;
+      g.e2e_need[c->topic]--;
+    }
     if (g.errors_printed < 5) {
       g.errors_printed++;
       lg_log("%s %u: connection lost: %s", c->role == ROLE_SUB ? "sub" : "pub", c->idx, msg);
@@ -272,14 +276,97 @@ static size_t pub_head(const struct conn *c, uint64_t ts, const char *start, siz
   return (size_t)(h - head);
 }
 
+/* ---------------- --e2e: the window of complete deliveries ----------------
+ *
+ * A publisher's message s stays in slot s % W of its ring until every
+ * subscriber of its topic (those ready when publishing began) has received
+ * it, or the server answered it with an error, or E2E_GIVE_UP_NS passed.
+ * e2e_low is the oldest message not complete; the publisher may send while
+ * s_next - e2e_low < W, so a slot is never reused while its message is out. */
+
+static int ts_in_window(uint64_t ts) { return ts >= g.t_start && ts < g.t_end; }
+
+/* moves e2e_low past the completed messages; marks the publisher for a
+ * refill when that opened its window */
+static void e2e_advance(struct conn *c) {
+  uint64_t low0 = c->e2e_low;
+  while (c->e2e_low < c->s_next && c->ring[c->e2e_low % g.o.window].rem == 0) c->e2e_low++;
+  if (c->e2e_low != low0 && !c->e2e_kick) {
+    c->e2e_kick = 1;
+    g.e2e_kicks++;
+  }
+}
+
+/* one delivery of message s of publisher c, at now */
+static void e2e_delivered(struct conn *c, uint64_t s, uint64_t now) {
+  if (s < c->e2e_low || s >= c->s_next) return; /* complete already, or not ours */
+  struct e2e_slot *sl = &c->ring[s % g.o.window];
+  if (sl->rem == 0) return; /* a duplicate after completion */
+  if (--sl->rem) return;
+  if (ts_in_window(sl->ts)) {
+    g.e2e_done++;
+    hist_add(&g.e2e_lat, now > sl->ts ? now - sl->ts : 0);
+  }
+  if (s == c->e2e_low) e2e_advance(c);
+}
+
+/* message s of c will not be delivered (an error reply): out of the window */
+static void e2e_drop(struct conn *c, uint64_t s) {
+  if (s < c->e2e_low || s >= c->s_next) return;
+  c->ring[s % g.o.window].rem = 0;
+  if (s == c->e2e_low) e2e_advance(c);
+}
+
+/* refills the windows that completions opened (once per read, not per
+ * delivery, so a publisher writes batches) */
+static void e2e_refill(void) {
+  if (!g.e2e_kicks) return;
+  g.e2e_kicks = 0;
+  for (uint32_t i = 0; i < g.o.pubs; i++) {
+    struct conn *c = &g.conns[g.o.subs + i];
+    if (!c->e2e_kick) continue;
+    c->e2e_kick = 0;
+    pub_pump(c);
+  }
+}
+
+/* gives up on messages out for longer than E2E_GIVE_UP_NS (a subscriber
+ * that was lost, a delivery the server dropped), so the window moves on;
+ * they are counted as expired */
+void e2e_expire(uint64_t now) {
+  if (!g.o.e2e) return;
+  for (uint32_t i = 0; i < g.o.pubs; i++) {
+    struct conn *c = &g.conns[g.o.subs + i];
+    if (!c->ring) continue;
+    while (c->e2e_low < c->s_next) {
+      struct e2e_slot *sl = &c->ring[c->e2e_low % g.o.window];
+      if (sl->rem && now - sl->ts < E2E_GIVE_UP_NS) break;
+      if (sl->rem && ts_in_window(sl->ts)) g.e2e_expired++;
+      sl->rem = 0;
+      e2e_advance(c);
+    }
+  }
+  e2e_refill();
+}
+
 /* A publish of c to topic t went out at ts: counted. */
 static void pub_sent(struct conn *c, uint32_t t, uint64_t ts) {
   uint64_t s = c->s_next++;
   g.pub_total++;
-  if (ts >= g.t_start && ts < g.t_end) {
+  if (ts_in_window(ts)) {
     if (c->s_first == UINT64_MAX) c->s_first = s;
     g.exp_topic[t]++;
     g.pub_window++;
+  }
+  if (c->ring) {
+    struct e2e_slot *sl = &c->ring[s % g.o.window];
+    sl->ts = ts;
+    sl->topic = t;
+    sl->rem = (uint32_t)g.e2e_need[t];
+    if (!sl->rem) { /* nobody to deliver to: complete at once */
+      if (ts_in_window(ts)) g.e2e_done++;
+      if (s == c->e2e_low) e2e_advance(c);
+    }
   }
 }
 
@@ -336,11 +423,12 @@ void pub_send_batch(struct conn *c, uint64_t n, uint64_t ts) {
   conn_flush(c);
 }
 
-/* max-rate mode: keep the window of unacknowledged publishes full */
+/* max-rate mode: keep the window of unacknowledged publishes (with --e2e:
+ * of publishes not yet delivered to every subscriber) full */
 void pub_pump(struct conn *c) {
   if (g.o.rate > 0 || c->state != CS_READY) return;
   if (g.phase != PH_WARMUP && g.phase != PH_MEASURE) return;
-  uint64_t inflight = c->s_next - c->acks - c->errs;
+  uint64_t inflight = c->ring ? c->s_next - c->e2e_low : c->s_next - c->acks - c->errs;
   if (inflight >= g.o.window) return;
   uint64_t ts = now_ns();
   if (ts >= g.t_end) return;
@@ -394,6 +482,7 @@ static void pub_reply(struct conn *c, const char *p, size_t len) {
       g.err_window++;
       g.exp_topic[(s + c->idx) % g.o.topics]--;
     }
+    if (c->ring) e2e_drop(c, s);
   } else {
     g.unexpected++;
   }
@@ -450,6 +539,7 @@ static void sub_notification(struct conn *c, const char *p, size_t len, uint64_t
     return;
   }
   struct conn *pc = &g.conns[g.o.subs + pi];
+  if (pc->ring && c->e2e_counted && (s + pi) % g.o.topics == c->topic) e2e_delivered(pc, s, now);
   if (s < pc->s_first || s >= pc->s_next) {
     g.deliv_outside++;
     return;
@@ -890,6 +980,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (c->state == CS_DEAD) return;
   }
   if (c->role == ROLE_PUB) pub_pump(c);
+  else e2e_refill();
   conn_flush(c);
 }
 

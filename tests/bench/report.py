@@ -113,10 +113,37 @@ def ratio(a, b):
     return "%.2f×" % (a / b)
 
 
+PLACEMENT_TEXT = {
+    "shared": "nothing pinned: the loadgen and the server processes share all cores",
+    "split": "the loadgen pinned to CPU 0, every server process (tidings' master, workers and "
+             "redis-server; the node process) to the other CPUs, with taskset",
+}
+
+
+def placement_of(rec):
+    return rec.get("placement") or "shared"
+
+
 class Results:
-    def __init__(self, records):
-        self.records = records
-        self.by = {(r["scenario"], r["server"], r["variant"]): r for r in records}
+    """The records of one CPU placement (run.sh BENCH_PLACEMENT), looked up by
+    (scenario, server, variant); `at` gives another placement's view."""
+
+    def __init__(self, records, placement=None):
+        self.all = records
+        present = []
+        for r in records:
+            if placement_of(r) not in present:
+                present.append(placement_of(r))
+        self.placements = present or ["shared"]
+        self.placement = placement or ("shared" if "shared" in self.placements else self.placements[0])
+        self.records = [r for r in records if placement_of(r) == self.placement]
+        self.by = {(r["scenario"], r["server"], r["variant"]): r for r in self.records}
+
+    def at(self, placement):
+        return Results(self.all, placement)
+
+    def others(self):
+        return [p for p in self.placements if p != self.placement]
 
     def rec(self, scen, server, variant):
         return self.by.get((scen, server, variant))
@@ -217,8 +244,10 @@ def args_of(results, scen, server, variant):
 # ----------------------------------------------------------------------- notes
 def flags(results):
     notes = []
-    for rec in results.records:
+    for rec in results.all:
         name = "%s / %s / %s" % (rec["scenario"], rec["server"], rec["variant"])
+        if len(results.placements) > 1:
+            name += " (%s)" % placement_of(rec)
         if rec.get("error") or not rec.get("result"):
             notes.append("**%s: %s.**" % (name, rec.get("error") or "no result"))
             continue
@@ -329,11 +358,39 @@ def api_rows(results):
     return out
 
 
+def e2e_rows(results):
+    """Scenario 11: the end-to-end window beside the acknowledgement window,
+    per load and server; lines of a markdown table."""
+    out = ["| load | server | deliveries/s, ack window | deliveries/s, e2e window | e2e ÷ ack | "
+           "p99 per delivery ack / e2e (ms) | e2e latency to the last subscriber p50 / p99 (ms) | expired |",
+           "|---|---|---|---|---|---|---|---|"]
+    for load, label in [("fanout", "fan-out, 1,000 subs"), ("many", "10,000 subs / 1,000 topics")]:
+        for srv, slabel in [("tidings", "tidings"), ("uws", "uWS.js")]:
+            ack, e2e = results.res("e2e", srv, load + "_ack"), results.res("e2e", srv, load + "_e2e")
+            if not ack and not e2e:
+                continue
+            d = lambda r: r.get("deliveries_per_s") if r else None
+            out.append("| %s | %s | %s | %s | %s | %s / %s | %s / %s | %s |" % (
+                label, slabel, rate(d(ack)), rate(d(e2e)), ratio(d(e2e), d(ack)),
+                num(ack.get("latency_p99_ms")) if ack else "—", num(e2e.get("latency_p99_ms")) if e2e else "—",
+                num(e2e.get("e2e_latency_p50_ms")) if e2e else "—", num(e2e.get("e2e_latency_p99_ms")) if e2e else "—",
+                (e2e.get("e2e_expired") if e2e else "—")))
+        t, u = results.res("e2e", "tidings", load + "_e2e"), results.res("e2e", "uws", load + "_e2e")
+        if t and u:
+            out.append("| %s | **tidings ÷ uWS** | %s | %s | | | | |" % (
+                label, ratio((results.res("e2e", "tidings", load + "_ack") or {}).get("deliveries_per_s"),
+                             (results.res("e2e", "uws", load + "_ack") or {}).get("deliveries_per_s")),
+                ratio(t.get("deliveries_per_s"), u.get("deliveries_per_s"))))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--api-summary", action="store_true",
                     help="print scenario 10's table and nothing else (BENCH_ONLY runs)")
+    ap.add_argument("--e2e-summary", action="store_true",
+                    help="print scenario 11's table, per placement, and nothing else (BENCH_ONLY runs)")
     ap.add_argument("--out")
     ap.add_argument("--work")
     ap.add_argument("--root")
@@ -348,6 +405,11 @@ def main():
     results = Results(records)
     if a.api_summary:
         print("\n".join(api_rows(results)))
+        return
+    if a.e2e_summary:
+        for p in results.placements:
+            print("placement %s:" % p)
+            print("\n".join(e2e_rows(results.at(p))))
         return
     if not (a.out and a.work and a.root and a.elapsed is not None):
         ap.error("--out, --work, --root and --elapsed are required")
@@ -396,25 +458,30 @@ def main():
         ("idle: server memory per connection (KiB)", "idle", ("workers", "pid", "pid"), "server_rss_per_conn",
          lambda v: num(v / 1024) if v is not None else "—"),
     ]
-    w("| | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
-    w("|---|---|---|---|---|---|")
-    for label, scen, variants, key, fmt in summ:
-        vals = []
-        for (s, _), v in zip(SERVERS, variants):
-            r = results.res(scen, s, v) if v else None
-            vals.append(r.get(key) if r else None)
-        cells = []
-        for (s, _), v, x in zip(SERVERS, variants, vals):
-            if v is None:
-                cells.append("n/a")
-            elif x is None:
-                cells.append("failed")
-            else:
-                r = results.res(scen, s, v)
-                sat = r.get("cpu_pct") is not None and r["cpu_pct"] >= SAT_PCT
-                cells.append(fmt(x) + (" ⚠" if sat else ""))
-        w("| %s | %s | %s | %s |" % (label, " | ".join(cells), ratio(vals[0], vals[1]), ratio(vals[0], vals[2])))
-    w("")
+    for pi, place in enumerate([results.placement] + results.others()):
+        pres = results.at(place)
+        if len(results.placements) > 1:
+            w("%sPlacement `%s` (%s):" % ("" if pi == 0 else "", place, PLACEMENT_TEXT.get(place, place)))
+            w("")
+        w("| | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
+        w("|---|---|---|---|---|---|")
+        for label, scen, variants, key, fmt in summ:
+            vals = []
+            for (s, _), v in zip(SERVERS, variants):
+                r = pres.res(scen, s, v) if v else None
+                vals.append(r.get(key) if r else None)
+            cells = []
+            for (s, _), v, x in zip(SERVERS, variants, vals):
+                if v is None:
+                    cells.append("n/a")
+                elif x is None:
+                    cells.append("failed")
+                else:
+                    r = pres.res(scen, s, v)
+                    sat = r.get("cpu_pct") is not None and r["cpu_pct"] >= SAT_PCT
+                    cells.append(fmt(x) + (" ⚠" if sat else ""))
+            w("| %s | %s | %s | %s |" % (label, " | ".join(cells), ratio(vals[0], vals[1]), ratio(vals[0], vals[2])))
+        w("")
     w("⚠: the loadgen used %d%% or more of a core in that run, so it was (close to) the limit. "
       "Details, CPU figures and the exact loadgen options per scenario below." % SAT_PCT)
     w("")
@@ -473,6 +540,11 @@ def main():
         w("")
         w(side_by_side(results, scen, variants, rows, servers))
         w("")
+        for p in results.others():
+            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
+            w("")
+            w(side_by_side(results.at(p), scen, variants, rows, servers))
+            w("")
 
     section("1. Fan-out: 1,000 subscribers, one topic, 64-byte payloads, maximum rate",
             "One publisher keeps %s publishes unacknowledged (`--rate 0`); every publish goes to all "
@@ -656,6 +728,50 @@ def main():
         w(line)
     w("")
 
+    # 11. end-to-end window
+    w("## 11. End-to-end window vs acknowledgement window (issue 15)")
+    w("")
+    w("The loads of scenarios 1 and 2 (a window of %s publishes per publisher, maximum rate) on one "
+      "server instance, first as usual (a publish leaves the window when the server acknowledges it), "
+      "then with `loadgen --e2e`: a publish leaves the window only when every subscriber of its topic "
+      "has received it. A server that acknowledges before it delivers gets ahead in the first mode and "
+      "not in the second. Latency to the last subscriber: publish sent → the last subscriber's "
+      "receipt." % a.fan_window)
+    w("")
+    for pi, p in enumerate([results.placement] + results.others()):
+        if len(results.placements) > 1:
+            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
+            w("")
+        for line in e2e_rows(results.at(p)):
+            w(line)
+        w("")
+
+    # every run in every placement
+    if len(results.placements) > 1:
+        pls = results.placements
+        w("## Every run by CPU placement")
+        w("")
+        w("Sections 1 to 4 and 11 show both placements; sections 5 to 10 show `%s` only. This table has "
+          "every loadgen run of both: " % results.placement +
+          "; ".join("`%s`: %s" % (p, PLACEMENT_TEXT.get(p, p)) for p in pls) + ".")
+        w("")
+        w("| scenario / server / variant | " + " | ".join("deliveries/s %s" % p for p in pls) + " | " +
+          " | ".join("p99 ms %s" % p for p in pls) + " | " +
+          " | ".join("server CPU %% %s" % p for p in pls) + " |")
+        w("|---" * (1 + 3 * len(pls)) + "|")
+        keys = []
+        for rec in results.all:
+            k = (rec["scenario"], rec["server"], rec["variant"])
+            if k not in keys:
+                keys.append(k)
+        for k in keys:
+            rs = [results.at(p).res(*k) for p in pls]
+            cells = [rate(r.get("deliveries_per_s")) if r and r.get("mode") != "idle" else "—" for r in rs]
+            cells += [num(r.get("latency_p99_ms")) if r and r.get("mode") != "idle" else "—" for r in rs]
+            cells += [num(r.get("server_cpu_pct")) if r else "—" for r in rs]
+            w("| %s | %s |" % (" / ".join(k), " | ".join(cells)))
+        w("")
+
     # notes
     w("## Notes")
     w("")
@@ -724,6 +840,11 @@ def main():
     m = re.search(r"<!-- shards:begin -->.*?<!-- shards:end -->\n", old, flags=re.S)
     if m:
         w(m.group(0))
+    # and so do those of tests/bench/growth.sh and syscalls.sh
+    for name in ("growth", "syscalls"):
+        m = re.search(r"<!-- %s:begin -->.*?<!-- %s:end -->\n?" % (name, name), old, flags=re.S)
+        if m:
+            w(m.group(0).rstrip("\n") + "\n")
     with open(path, "w") as f:
         f.write("\n".join(L))
 
