@@ -14,7 +14,8 @@ import datetime
 import json
 import math
 import os
-import re
+
+import sections
 
 SERVERS = [("tidings", "tidings"), ("uws", "uWS.js")]
 COLORS = {"tidings": "0x1f77b4", "uws": "0xff7f0e"}
@@ -406,17 +407,7 @@ def main():
     w("<!-- growth:end -->")
     section = "\n".join(L) + "\n"
 
-    path = os.path.join(a.out, "benchmarks.md")
-    try:
-        old = open(path).read()
-    except OSError:
-        old = "# Benchmarks\n\n"
-    if re.search(r"<!-- growth:begin -->.*?<!-- growth:end -->\n?", old, flags=re.S):
-        new = re.sub(r"<!-- growth:begin -->.*?<!-- growth:end -->\n?", lambda m: section, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(new)
+    sections.put(os.path.join(a.out, "benchmarks.md"), "growth", section)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import platform
 import re
 import subprocess
 
+import sections
+
 SERVERS = [("tidings", "tidings"), ("uws", "uWS.js"), ("ws", "node ws")]
 SAT_PCT = 85.0  # loadgen CPU above this (% of one core): the loadgen is the limit
 COLORS = {"tidings": "0x1f77b4", "uws": "0xff7f0e", "ws": "0x2ca02c"}
@@ -831,20 +833,10 @@ def main():
     ]:
         w("* " + n)
     w("")
-    # the section tests/bench/shards.sh writes stays until it writes it again
+    # the sections of shards.sh, growth.sh and syscalls.sh stay until they write them again
     path = os.path.join(a.out, "benchmarks.md")
-    try:
-        old = open(path).read()
-    except OSError:
-        old = ""
-    m = re.search(r"<!-- shards:begin -->.*?<!-- shards:end -->\n", old, flags=re.S)
-    if m:
-        w(m.group(0))
-    # and so do those of tests/bench/growth.sh and syscalls.sh
-    for name in ("growth", "syscalls"):
-        m = re.search(r"<!-- %s:begin -->.*?<!-- %s:end -->\n?" % (name, name), old, flags=re.S)
-        if m:
-            w(m.group(0).rstrip("\n") + "\n")
+    for section in sections.kept(path):
+        w(section)
     with open(path, "w") as f:
         f.write("\n".join(L))
 

@@ -192,8 +192,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 mkdir -p "$OUT"
-"$PY" - "$RESULTS" "$OUT" "$REDIS_CPU" <<'EOF'
-import json, statistics, sys, pathlib, re
+"$PY" - "$RESULTS" "$OUT" "$REDIS_CPU" "$BENCH" <<'EOF'
+import json, statistics, sys, pathlib
 rows = [json.loads(l) for l in open(sys.argv[1])]
 out = pathlib.Path(sys.argv[2])
 (out / "bench-shards.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -222,11 +222,7 @@ for key, name in modes:
 lines += ["<!-- shards:end -->"]
 section = "\n".join(lines) + "\n"
 print(section)
-bm = out / "benchmarks.md"
-text = bm.read_text() if bm.exists() else ""
-if "<!-- shards:begin -->" in text:
-    text = re.sub(r"<!-- shards:begin -->.*?<!-- shards:end -->\n", lambda m: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-bm.write_text(text)
+sys.path.insert(0, sys.argv[4])
+import sections
+sections.put(str(out / "benchmarks.md"), "shards", section)
 EOF

@@ -8,7 +8,8 @@ import argparse
 import datetime
 import json
 import os
-import re
+
+import sections
 
 SCENARIOS = [
     ("fanout", "1,000 subs of 1 topic, 200 publishes/s"),
@@ -87,18 +88,7 @@ def main():
         L.append("")
     L.append("<!-- syscalls:end -->")
     section = "\n".join(L) + "\n"
-    path = os.path.join(a.out, "benchmarks.md")
-    try:
-        old = open(path).read()
-    except OSError:
-        old = "# Benchmarks\n\n"
-    pat = r"<!-- syscalls:begin -->.*?<!-- syscalls:end -->\n?"
-    if re.search(pat, old, flags=re.S):
-        new = re.sub(pat, lambda m: section, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as fh:
-        fh.write(new)
+    sections.put(os.path.join(a.out, "benchmarks.md"), "syscalls", section)
 
 
 if __name__ == "__main__":
