@@ -126,21 +126,12 @@ bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
-# test_bus runs a whole worker on the in-process bus instead of Redis
-bin/unit/test_bus: build/san/tests/unit/test_bus.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
-                   $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
-	@mkdir -p bin/unit
-	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
-
-# test_recovery: the same, with history kept by the local bus in memory
-bin/unit/test_recovery: build/san/tests/unit/test_recovery.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
-                        $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
-	@mkdir -p bin/unit
-	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
-
-# test_control: control orders and counts on the local bus
-bin/unit/test_control: build/san/tests/unit/test_control.o build/san/tests/unit/wtest.o $(COMMON_SRC:%.c=build/san/%.o) \
-                       $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
+# test_bus, test_recovery (history kept by the local bus in memory) and
+# test_control (orders and counts) run a whole worker on the in-process bus
+# instead of Redis, with the clients of tests/unit/wtest.c
+WORKER_UNIT_TESTS := test_bus test_recovery test_control
+$(WORKER_UNIT_TESTS:%=bin/unit/%): bin/unit/%: build/san/tests/unit/%.o build/san/tests/unit/wtest.o \
+    $(COMMON_SRC:%.c=build/san/%.o) $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 

@@ -16,6 +16,7 @@ import math
 import os
 
 import sections
+from report import rate as fmt_rate
 
 SERVERS = [("tidings", "tidings"), ("uws", "uWS.js")]
 COLORS = {"tidings": "0x1f77b4", "uws": "0xff7f0e"}
@@ -41,16 +42,6 @@ def cpu_us(r):
     if not r or r.get("server_cpu_pct") is None or not r.get("deliveries_per_s"):
         return None
     return r["server_cpu_pct"] / 100.0 / r["deliveries_per_s"] * 1e6
-
-
-def fmt_rate(v):
-    if v is None:
-        return "—"
-    if v >= 1e6:
-        return "%.2f M" % (v / 1e6)
-    if v >= 1e3:
-        return "%.1f k" % (v / 1e3)
-    return "%.0f" % v
 
 
 def fmt_num(v, digits=3):

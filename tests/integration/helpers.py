@@ -135,6 +135,15 @@ async def subscribe_many(ws, topics, **extra):
     return replies
 
 
+async def resume(ws, topic, offset, epoch):
+    """Subscribes with since {offset, epoch}; asserts the history recovered
+    what was missed and returns the reply (the missed messages follow)."""
+    reply = await request(ws, {"type": "subscribe", "topic": topic,
+                               "since": {"offset": offset, "epoch": epoch}})
+    assert reply["status"] == "subscribed" and reply["recovered"] is True, reply
+    return reply
+
+
 def note(topic, payload):
     """The notification of a publish."""
     return {"type": "notification", "topic": topic, "payload": payload}

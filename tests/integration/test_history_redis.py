@@ -10,7 +10,6 @@ Everything here is self-contained (its own redis-server and RESP client).
     /usr/bin/python3 -m pytest -q tests/integration/test_history_redis.py
 """
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Redis
+
 REPO = Path(__file__).resolve().parents[2]
 LIBTOOL = REPO / "bin" / "unit" / "test_history_lib"
 ENVELOPE_TAG = b"\0tdg1:"
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what, cond, timeout=10.0):
@@ -107,45 +102,24 @@ class Resp:
         return r
 
 
-class RedisServer:
-    """A redis-server on a loopback port, killable (SIGKILL: a crash) and
-    restartable on the same port and directory."""
+class RedisServer(Redis):
+    """conftest's Redis (killable with SIGKILL, a crash, and started again on
+    the same port and directory) with a binary-safe connection of its own,
+    which redis-cli is not."""
 
     def __init__(self, tmp_path, *extra):
-        self.port = free_port()
-        self.dir = tmp_path
-        self.extra = [str(a) for a in extra]
-        self.proc = None
+        super().__init__(tmp_path, *[str(a) for a in extra])
         self.conn = None
 
-    def start(self, *more):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-             "--loglevel", "warning", *self.extra, *more],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                c = Resp(self.port, 1)
-                if c.call("PING") == b"PONG":  # not -LOADING
-                    c.sock.settimeout(10)
-                    self.conn = c
-                    return
-                c.close()
-            except (OSError, RespError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+    def start(self):
+        super().start()  # once it answers PONG (not -LOADING)
+        self.conn = Resp(self.port)
 
     def kill(self):
         if self.conn:
             self.conn.close()
             self.conn = None
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        super().kill()
 
     def restart(self):
         self.kill()
@@ -412,9 +386,7 @@ def test_inconsistent_stream_starts_a_new_epoch(redis, library):
 def test_history_reads_on_a_replica(tmp_path, library):
     # no 5 s wait for more replicas before the first full sync
     primary = RedisServer(tmp_path / "p", "--repl-diskless-sync-delay", 0)
-    replica = None
-    (tmp_path / "p").mkdir()
-    (tmp_path / "r").mkdir()
+    replica = None  # each RedisServer makes its own directory
     primary.start()
     try:
         load(primary, library())

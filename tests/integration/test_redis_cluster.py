@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from helpers import expect_close, recv_json, request, subscribe_many, wait_for, ws_connect
+from helpers import (expect_close, recv_json, request, resume, subscribe_many, wait_for,
+                     ws_connect)
 from rcluster import RedisCluster
 
 REROUTE_LIMIT_S = 10
@@ -106,10 +107,7 @@ def test_failover_reroutes_and_resume_loses_nothing(start_server, cluster):
         assert m["payload"] == "after" and m["offset"] == 11, m
         # a client that had seen offset 5 resumes from the promoted replica
         late = await ws_connect(srv.url)
-        await late.send(json.dumps({"type": "subscribe", "topic": topic,
-                                    "since": {"offset": 5, "epoch": epoch}}))
-        m = await recv_json(late)
-        assert m["status"] == "subscribed" and m["recovered"] is True, m
+        await resume(late, topic, 5, epoch)
         got = [(await recv_json(late))["offset"] for _ in range(6)]
         assert got == [6, 7, 8, 9, 10, 11]
         for ws in (sub, pub, late):

@@ -16,7 +16,8 @@ import subprocess
 import pytest
 
 from conftest import Redis
-from helpers import recv_json, request, subscribe_many, wait_for, wait_for_async, ws_connect
+from helpers import (recv_json, request, resume, subscribe_many, wait_for, wait_for_async,
+                     ws_connect)
 
 MASK = (1 << 64) - 1
 
@@ -175,10 +176,7 @@ def test_a_shard_down_takes_only_its_topics(start_server, redis3):
         assert (m["topic"], m["payload"], m["offset"]) == (down, 5, 4), m
         # a client that had seen offset 1 resumes from the history the shard kept
         late = await ws_connect(srv.url)
-        await late.send(json.dumps({"type": "subscribe", "topic": down,
-                                    "since": {"offset": 1, "epoch": epoch}}))
-        m = await recv_json(late)
-        assert m["status"] == "subscribed" and m["recovered"] is True, m
+        await resume(late, down, 1, epoch)
         got = [(await recv_json(late))["payload"] for _ in range(3)]
         assert got == [2, 3, 5]
         for ws in (sub, pub, late):
