@@ -31,7 +31,7 @@ CFLAGS  ?= $(OPT) -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wstrict-prototypes -Wwrite-strings \
            -Wshadow
 DEPFLAGS = -MMD -MP
-PKGS    := libuv jansson hiredis zlib libcrypto libjwt
+PKGS    := libuv jansson hiredis zlib libcrypto libjwt liburing
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    := $(PKG_LIBS) -lwslay
@@ -55,7 +55,7 @@ COMMON_SRC := common/backoff.c common/shard.c common/log.c common/config.c commo
 WORKER_SRC := worker/worker.c worker/conn.c worker/ws.c worker/proto.c \
               worker/outq.c worker/topics.c worker/broadcast.c worker/proxy.c worker/pmd.c \
               worker/origin.c worker/auth.c worker/auth_load.c worker/pubsub.c worker/handshake.c worker/slow.c \
-              worker/recovery.c worker/control.c worker/api.c
+              worker/recovery.c worker/control.c worker/api.c worker/sendbatch.c
 BUS_SRC    := redis/bridge.c redis/cluster.c redis/control.c redis/history.c redis/uvadapter.c redis/history_lib.c build/gen/redis/history.lua.c
 MASTER_SRC := master/master.c master/embedded_redis.c master/main.c master/admin.c master/admin_metrics.c \
               master/admin_status.c master/status_page.c

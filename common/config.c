@@ -106,6 +106,9 @@ static const struct opt opts[] = {
      "then answers 404"},
     {"proxy-protocol", OPT_BOOL, OFF(proxy_protocol), 0, 1, "0",
      "require a PROXY protocol v2 header on every connection (behind HAProxy)"},
+    {"no-io-uring", OPT_BOOL, OFF(no_io_uring), 0, 1, "0",
+     "write to clients one system call per connection instead of batching a loop turn's writes "
+     "through io_uring"},
     {"no-client-js", OPT_BOOL, OFF(no_client_js), 0, 1, "0",
      "do not serve the JavaScript client at GET /tidings.js on the public port (404)"},
 };

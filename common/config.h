@@ -51,6 +51,7 @@ struct config {
   int jwt_leeway;               /* seconds of clock skew allowed for exp/nbf */
   const char *admin_listen;     /* host:port of the admin listener, "off" = none */
   int no_compression;           /* bool: never negotiate permessage-deflate */
+  int no_io_uring;              /* bool: write without io_uring (sendbatch.h) */
   size_t compression_threshold; /* smaller messages go uncompressed */
   size_t max_queued_bytes;      /* per connection, before the slow policy applies */
   const char *slow_policy;      /* "drop" or "disconnect" */

@@ -5,7 +5,7 @@ set -eu
 # clang and libclang-rt-14-dev build the fuzzers; clang-format is what
 # `make format-check` (the first step of `make test`) runs.
 PKGS="build-essential pkg-config libuv1-dev libwslay-dev libhiredis-dev libjansson-dev
-zlib1g-dev libjwt-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
+zlib1g-dev libjwt-dev liburing-dev libssl-dev libcmocka-dev redis-server redis-tools haproxy iproute2
 openssl procps python3 python3-websockets python3-pytest curl chromium prometheus clang libclang-rt-14-dev
 clang-format"
 missing=""

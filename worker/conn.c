@@ -11,11 +11,12 @@
 #include "api.h"
 #include "auth.h"
 #include "handshake.h"
+#include "sendbatch.h"
 #include "slow.h"
 #include "worker.h"
 #include "ws.h"
 
-#define IOV_BATCH 64
+#define IOV_BATCH SENDBATCH_IOV
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
@@ -288,14 +289,54 @@ static void conn_flush(struct conn *c) {
   if (c->q.count == 0 && c->state == CONN_DRAINING) drained(c);
 }
 
+/* A batched send has been done: account for what left and write the rest
+ * (or the whole, after -EAGAIN) the ordinary way, which also polls for
+ * room, applies the slow-subscriber policy and finishes a drain. */
+static void batch_sent(void *owner, int result) {
+  struct conn *c = owner;
+  c->writing = 0;
+  c->inflight = 0;
+  if (result > 0) consumed(c, (size_t)result);
+  if (result < 0 && result != -EAGAIN && c->state != CONN_CLOSED) conn_close(c);
+  conn_flush(c);
+  conn_unref(c); /* the flusher's */
+}
+
+/* Puts c's queued output into the worker's send batch; returns 0, or -1
+ * when c is not for the batch (nothing queued, a write in flight, closed,
+ * over its limit: conn_flush handles those). */
+static int batch_add(struct worker *w, struct conn *c) {
+  uv_os_fd_t fd;
+  if (c->state == CONN_CLOSED || c->writing || c->q.count == 0 || slow_over_hard_limit(c) ||
+      uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
+    return -1;
+  struct iovec *iov = sendbatch_slot(w->batch, fd, c);
+  int n = outq_iov(&c->q, 0, iov, SENDBATCH_IOV);
+  sendbatch_commit(w->batch, n);
+  /* until batch_sent, as for a uv_write: nothing else writes to c, and the
+   * entries the batch points at stay as they are */
+  c->writing = 1;
+  c->inflight = (uint32_t)n;
+  return 0;
+}
+
 void conn_flush_dirty(struct worker *w) {
-  while (w->dirty) {
-    struct conn *c = w->dirty;
-    w->dirty = c->dirty_next;
-    c->dirty = 0;
-    c->dirty_next = NULL;
-    conn_flush(c);
-    conn_unref(c);
+  int batch = w->batch && sendbatch_alive(w->batch);
+  for (;;) {
+    while (w->dirty) {
+      struct conn *c = w->dirty;
+      w->dirty = c->dirty_next;
+      c->dirty = 0;
+      c->dirty_next = NULL;
+      if (batch && batch_add(w, c) == 0) {
+        if (sendbatch_full(w->batch)) sendbatch_run(w->batch, batch_sent);
+        continue; /* batch_sent drops the reference */
+      }
+      conn_flush(c);
+      conn_unref(c);
+    }
+    /* what batch_sent marks dirty again is flushed in this turn too */
+    if (!batch || sendbatch_run(w->batch, batch_sent) == 0) break;
   }
 }
 

@@ -18,6 +18,7 @@
 #include "bus.h"
 #include "pubsub.h"
 #include "recovery.h"
+#include "sendbatch.h"
 #include "slow.h"
 #include "conn.h"
 #include "ws.h"
@@ -28,6 +29,7 @@
 #define TICK_MS 1000     /* deadlines, heartbeat and gauges */
 #define DRAIN_STEP_MS 50 /* the drain closes a share of the clients this often */
 #define LISTEN_BACKLOG 4096
+#define SEND_BATCH 256 /* connections written with one io_uring_enter */
 
 static void on_connection(uv_stream_t *server, int status) {
   struct worker *w = server->data;
@@ -293,6 +295,8 @@ struct worker *worker_new(const struct config *cfg, int id, int *status) {
     return NULL;
   }
   pmd_init(&w->pmd, cfg->max_message_size); /* streams are made on first use */
+  if (!cfg->no_io_uring && !(w->batch = sendbatch_new(SEND_BATCH)))
+    log_info("io_uring_unavailable", "io_uring cannot be used: one write per connection");
   if (topics_init(&w->topics) != 0) {
     log_error("init_failed", "out of memory");
     goto fail;
@@ -350,6 +354,7 @@ void worker_free(struct worker *w) {
   assert(rc == 0); /* every handle closed above */
   (void)rc;
   topics_free(&w->topics);
+  sendbatch_free(w->batch);
   pmd_free(&w->pmd);
   auth_free(w->auth);
   if (w->api_key) {

@@ -55,6 +55,7 @@ struct worker {
   struct conn_list handshaking; /* HTTP phase and lingering closes: have deadlines */
   struct conn_list open;        /* WebSocket sessions */
   struct conn *dirty;           /* singly linked through conn->dirty_next */
+  struct sendbatch *batch;      /* io_uring sends of a flush, or NULL (--no-io-uring) */
   struct topics topics;
   struct bus *bus;
   struct control *control; /* control.c's */
