@@ -69,7 +69,7 @@ SERVER_SRC   += $(CLIENTJS_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 # what each unit test links besides itself
 UNIT_LIB_SRC := $(COMMON_SRC) worker/proto.c worker/outq.c worker/topics.c \
-                worker/proxy.c worker/pmd.c worker/origin.c worker/auth.c
+                worker/proxy.c worker/pmd.c worker/origin.c worker/auth.c worker/sendbatch.c
 
 all: bin/tidings
 

@@ -289,8 +289,11 @@ def test_pipelined_requests_are_answered_in_order(start_server):
     run(main())
 
 
-def test_many_topics_fan_out(start_server):
-    srv = start_server(workers=1)
+@pytest.mark.parametrize("args", [(), ("--no-io-uring",)], ids=["io_uring", "writev"])
+def test_many_topics_fan_out(start_server, args):
+    """Both ways of writing to clients: a flush's sends batched through
+    io_uring (the default), and one writev per connection."""
+    srv = start_server(workers=1, args=args)
 
     async def main():
         clients = [await ws_connect(srv.url) for _ in range(10)]
