@@ -289,6 +289,7 @@ static void finish(void) {
   uv_close((uv_handle_t *)&t_prog, NULL);
   uv_close((uv_handle_t *)&sig_int, NULL);
   uv_close((uv_handle_t *)&sig_term, NULL);
+  rx_stop();
 }
 
 static void main_tick(uv_timer_t *t) {
@@ -395,6 +396,8 @@ static void usage(FILE *f) {
       "  --server-pids A,B    server pids whose VmRSS / CPU to report\n"
       "  --server-tree        include all descendants of --server-pids\n"
       "  --deflate            offer permessage-deflate (inflate compressed frames)\n"
+      "  --read-time          latency ends when the loadgen reads a notification, not\n"
+      "                       when the kernel stamped its arrival (SO_TIMESTAMPNS)\n"
       "  --http-pub KEY       publishers use tidings' HTTP API (POST /api/publish with\n"
       "                       keep-alive, --window requests pipelined per connection)\n"
       "                       instead of WebSocket; subscribers stay WebSocket\n"
@@ -487,6 +490,7 @@ static void parse_opts(int argc, char **argv) {
     OPT_DEFLATE,
     OPT_HTTP_PUB,
     OPT_E2E,
+    OPT_READ_TIME,
     OPT_SRC,
     OPT_JSON,
     OPT_QUIET,
@@ -516,6 +520,7 @@ static void parse_opts(int argc, char **argv) {
       {"deflate", no_argument, 0, OPT_DEFLATE},
       {"http-pub", required_argument, 0, OPT_HTTP_PUB},
       {"e2e", no_argument, 0, OPT_E2E},
+      {"read-time", no_argument, 0, OPT_READ_TIME},
       {"src-addrs", required_argument, 0, OPT_SRC},
       {"json", no_argument, 0, OPT_JSON},
       {"quiet", no_argument, 0, OPT_QUIET},
@@ -598,6 +603,7 @@ static void parse_opts(int argc, char **argv) {
       case OPT_IDLE: o->idle = 1; break;
       case OPT_TREE: o->tree = 1; break;
       case OPT_DEFLATE: o->deflate = 1; break;
+      case OPT_READ_TIME: o->read_time = 1; break;
       case OPT_HTTP_PUB: o->api_key = optarg; break;
       case OPT_E2E: o->e2e = 1; break;
       case OPT_JSON: o->json = 1; break;
@@ -863,6 +869,11 @@ static void report(void) {
     jkey_d(&j, "latency_p999_ms", p999);
     jkey_d(&j, "latency_max_ms", pmax);
     jkey_d(&j, "latency_mean_ms", pmean);
+    jkey_s(&j, "latency_ends", g.rx_stamped ? "arrival" : "read");
+    jkey_u(&j, "reads_stamped", g.rx_stamped);
+    jkey_d(&j, "read_latency_p50_ms", hist_quantile(&g.lat_read, 0.50) / 1e6);
+    jkey_d(&j, "read_latency_p99_ms", hist_quantile(&g.lat_read, 0.99) / 1e6);
+    jkey_d(&j, "read_latency_p999_ms", hist_quantile(&g.lat_read, 0.999) / 1e6);
     jkey_u(&j, "server_pings", g.pings);
     jkey_u(&j, "inflated", g.inflated);
     jkey_d(&j, "cpu_pct", cpu_pct);
@@ -969,6 +980,7 @@ int main(int argc, char **argv) {
   if (g.o.npids && srv_rss_before < 0) lg_log("warning: cannot read /proc of --server-pids");
   INFO("opening %zu connections to %s%s", g.nconns, g.hostport,
        g.o.deflate ? " (offering permessage-deflate)" : "");
+  if (rx_start() < 0) lg_log("warning: no kernel arrival times: latency ends at the read");
   g.phase = PH_SETUP;
   g.t_open0 = now_ns();
   setup_deadline = g.t_open0 + (uint64_t)(g.o.setup_timeout * 1e9);

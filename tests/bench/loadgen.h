@@ -102,6 +102,7 @@ struct conn {
   uint8_t dropped;     /* lost after being ready, before the closing phase */
   uint8_t counted;     /* subscriber: counted in subs_on_topic at the window start */
   uint8_t e2e_counted; /* subscriber: counted in e2e_need when publishing began */
+  uint8_t rx_direct;   /* subscriber read through g.rx_epfd with recvmsg, not libuv */
   uint8_t e2e_kick;    /* publisher: a message completed, refill the window */
   uint8_t close_sent, close_rcvd;
   uint8_t http;                  /* an HTTP API publisher (--http-pub) */
@@ -141,6 +142,11 @@ void pub_pump(struct conn *c);
 void e2e_expire(uint64_t now);
 const char *fail_name(enum fail_reason r);
 void ws_cleanup(void);
+/* Subscribers' arrival times (loadgen_ws.c): rx_start before the first
+ * connection (-1: not available, latency then ends at the read), rx_stop in
+ * the shutdown. */
+int rx_start(void);
+void rx_stop(void);
 
 /* ---------------- global state (loadgen.c) ---------------- */
 
@@ -154,7 +160,8 @@ struct opts {
   double rate, duration, warmup, grace, connect_rate, setup_timeout;
   size_t size;
   int idle, deflate, json, quiet, tree;
-  int e2e; /* --e2e: the window closes when every subscriber has the message */
+  int read_time; /* --read-time: latency ends at read(2), not at the kernel's arrival time */
+  int e2e;       /* --e2e: the window closes when every subscriber has the message */
   uint64_t max_failures;
   pid_t *pids;
   size_t npids;
@@ -197,7 +204,13 @@ struct global {
   uint64_t deliv_total, deliv_window, deliv_outside, dup, unexpected, bad_msgs;
   uint64_t reordered, uniq_total;
   struct hist lat;
-  uint64_t rx_ns; /* when the read being parsed returned: every message in it had arrived */
+  uint64_t rx_ns;       /* when the bytes being parsed arrived (see rx.c below) */
+  uint64_t rx_read_ns;  /* when the read that returned them ended */
+  struct hist lat_read; /* publish to read(2): includes the loadgen's own queueing */
+  uint64_t rx_stamped;  /* reads that carried the kernel's arrival time */
+  int rx_epfd;          /* subscribers read here, with arrival times (-1: off) */
+  uv_poll_t rx_poll;
+  int64_t real_minus_mono; /* CLOCK_REALTIME - CLOCK_MONOTONIC, ns */
 
   uint64_t pings, inflated;
 

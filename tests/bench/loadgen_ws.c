@@ -10,6 +10,7 @@
  * buffer; conn_flush tries a direct write first and otherwise hands the
  * buffer to one uv_write while the other buffer keeps collecting.  No
  * allocation per message once the buffers have grown. */
+#include <errno.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "loadgen.h"
 
@@ -61,6 +66,9 @@ void conn_close(struct conn *c) {
   if (c->state == CS_DEAD) return;
   hs_done(c);
   c->state = CS_DEAD;
+  uv_os_fd_t fd;
+  if (c->rx_direct && uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0)
+    epoll_ctl(g.rx_epfd, EPOLL_CTL_DEL, fd, NULL);
   uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -550,6 +558,7 @@ static void sub_notification(struct conn *c, const char *p, size_t len, uint64_t
   }
   g.deliv_window++;
   hist_add(&g.lat, now > ts ? now - ts : 0);
+  hist_add(&g.lat_read, g.rx_read_ns > ts ? g.rx_read_ns - ts : 0);
   if (!c->trk && !(c->trk = calloc(g.o.pubs, sizeof(struct track)))) return;
   struct track *t = &c->trk[pi];
   uint64_t m = s / g.o.topics;
@@ -946,10 +955,10 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(want - c->rlen));
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
-  struct conn *c = st->data;
-  if (nread == 0 || c->state == CS_DEAD) return;
-  g.rx_ns = now_ns();
+static void rx_switch(struct conn *c);
+
+/* nread bytes (or an error) came in buf, from libuv or from rx_ready. */
+static void got_bytes(struct conn *c, ssize_t nread, const uv_buf_t *buf) {
   if (nread < 0) {
     if (c->close_rcvd || c->close_sent) {
       conn_close(c);
@@ -982,6 +991,123 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (c->role == ROLE_PUB) pub_pump(c);
   else e2e_refill();
   conn_flush(c);
+  if (c->role == ROLE_SUB && c->ready && !c->rx_direct && g.rx_epfd >= 0 && c->state == CS_READY)
+    rx_switch(c);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  struct conn *c = st->data;
+  if (nread == 0 || c->state == CS_DEAD) return;
+  g.rx_ns = g.rx_read_ns = now_ns();
+  got_bytes(c, nread, buf);
+}
+
+/* ---------------- arrival times ----------------
+ *
+ * A notification's latency ends when its bytes reached the subscriber's
+ * socket, as the kernel stamps them (SO_TIMESTAMPNS), not when this one
+ * thread got round to reading that socket: with 1,000 subscribers of one
+ * topic the last read ends milliseconds after the first however fast the
+ * server is, because every read costs the loadgen a system call.  libuv
+ * reads with read(2), which cannot return the stamp, so a subscriber that
+ * is ready leaves libuv's reading for an epoll set of our own (one uv_poll)
+ * and is read with recvmsg.  Writes stay libuv's.  --read-time keeps libuv
+ * reading and ends latency at the read, as before; lat_read has that
+ * figure in both modes. */
+
+static void rx_switch(struct conn *c) {
+  uv_os_fd_t fd;
+  int on = 1;
+  if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0)
+    return;
+  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  if (epoll_ctl(g.rx_epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    return;
+  }
+  c->rx_direct = 1;
+}
+
+/* Reads c until the kernel has nothing more (or it is closed). */
+static void rx_drain(struct conn *c) {
+  uv_os_fd_t fd;
+  if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) return;
+  for (int rounds = 0; rounds < 32 && c->state != CS_DEAD && c->rx_direct; rounds++) {
+    uv_buf_t buf;
+    on_alloc((uv_handle_t *)&c->tcp, 0, &buf);
+    if (!buf.base) {
+      got_bytes(c, UV_ENOBUFS, &buf);
+      return;
+    }
+    union {
+      char b[CMSG_SPACE(sizeof(struct timespec))];
+      struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {buf.base, buf.len};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b)};
+    ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    uint64_t now = now_ns();
+    g.rx_ns = g.rx_read_ns = now;
+    if (n > 0) {
+      for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS) continue;
+        struct timespec ts;
+        memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
+        int64_t real = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        int64_t mono = real - g.real_minus_mono;
+        if (mono > 0 && (uint64_t)mono <= now) g.rx_ns = (uint64_t)mono;
+        g.rx_stamped++;
+      }
+    }
+    got_bytes(c, n > 0 ? n : n == 0 ? UV_EOF : -errno, &buf);
+    if (n < (ssize_t)buf.len) return; /* the kernel had no more */
+  }
+}
+
+static void on_rx_ready(uv_poll_t *h, int status, int events) {
+  (void)h, (void)status, (void)events;
+  struct epoll_event ev[256];
+  int n = epoll_wait(g.rx_epfd, ev, 256, 0);
+  for (int i = 0; i < n; i++) {
+    struct conn *c = ev[i].data.ptr;
+    if (c->state != CS_DEAD && c->rx_direct) rx_drain(c);
+  }
+}
+
+int rx_start(void) {
+  g.rx_epfd = -1;
+  if (g.o.read_time) return 0;
+  struct timespec r0, m, r1;
+  clock_gettime(CLOCK_REALTIME, &r0);
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  clock_gettime(CLOCK_REALTIME, &r1);
+  int64_t real = ((int64_t)r0.tv_sec * 1000000000 + r0.tv_nsec) / 2 +
+                 ((int64_t)r1.tv_sec * 1000000000 + r1.tv_nsec) / 2;
+  g.real_minus_mono = real - ((int64_t)m.tv_sec * 1000000000 + m.tv_nsec);
+  g.rx_epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (g.rx_epfd < 0) return -1;
+  if (uv_poll_init(g.loop, &g.rx_poll, g.rx_epfd) != 0 ||
+      uv_poll_start(&g.rx_poll, UV_READABLE, on_rx_ready) != 0) {
+    close(g.rx_epfd);
+    g.rx_epfd = -1;
+    return -1;
+  }
+  return 0;
+}
+
+static void rx_closed(uv_handle_t *h) {
+  (void)h;
+  close(g.rx_epfd);
+  g.rx_epfd = -1;
+}
+
+void rx_stop(void) {
+  if (g.rx_epfd >= 0 && !uv_is_closing((uv_handle_t *)&g.rx_poll))
+    uv_close((uv_handle_t *)&g.rx_poll, rx_closed);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
