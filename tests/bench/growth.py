@@ -170,7 +170,7 @@ def sweep_sentence(records, sweep):
     for s, label in SERVERS:
         pts = [(x, r) for x, r, _ in points(records, sweep, s) if r and r.get("deliveries_per_s")]
         if len(pts) < 2:
-            parts.append("%s: not enough points." % label)
+            parts.append("**%s**: not enough points with deliveries." % label)
             continue
         # steps of at least 3x in x (a factor per 10x from a 2x step mostly
         # magnifies noise): anchors picked greedily, the last point always one
@@ -232,6 +232,7 @@ def sweep_sentence(records, sweep):
     # side by side at the top of the range
     t = [(x, r) for x, r, _ in points(records, sweep, "tidings") if r]
     u = {x: r for x, r, _ in points(records, sweep, "uws") if r}
+    t = [(x, r) for x, r in t if r.get("deliveries_per_s")][-1:] if t and t[-1][1].get("deliveries_per_s") else []
     if t and t[-1][0] in u and u[t[-1][0]].get("deliveries_per_s"):
         x, r = t[-1]
         parts.append("At %s %s tidings delivers %.2f× uWS's rate." % (
@@ -452,6 +453,9 @@ def main():
         res = r.get("result") or {}
         if r.get("error") or not r.get("result"):
             issues.append("%s / %s / %s: %s" % (r["scenario"], r["server"], r["variant"], r.get("error") or "no result"))
+        elif res.get("mode") != "idle" and not res.get("deliveries"):
+            issues.append("%s / %s / %s: no delivery in the window (%s of %s publishes acknowledged in all)" % (
+                r["scenario"], r["server"], r["variant"], res.get("acked_total"), res.get("published_total")))
         elif res.get("lost") or res.get("conn_failed") or res.get("conn_dropped") or res.get("e2e_expired"):
             issues.append("%s / %s / %s: lost %s, connections failed %s, dropped %s, e2e expired %s" % (
                 r["scenario"], r["server"], r["variant"], res.get("lost"), res.get("conn_failed"),
