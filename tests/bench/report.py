@@ -339,12 +339,12 @@ def latency_section(results, w):
     w("## 3. Tail latency at fixed moderate rates: every run")
     w("")
     nruns = max([len(results.runs("latency", s, p)) for s, _ in SERVERS for p, _, _ in LAT_LOADS] + [0])
-    w("One topic, one publisher, 64-byte payloads, two loads: %s. %d rounds on the same three servers, "
+    w("One topic, one publisher, 64-byte payloads, two loads: %s. %d round%s on the same three servers, "
       "the servers interleaved (tidings, uWS, ws, tidings, ...; each round both loads), so that a busy "
       "spell of the machine does not fall on one server only. Every run is shown, in order "
       "(\"run 1 / run 2 / run 3\"): a spike in one run is a finding to explain (listed below the "
       "tables), not something to average away. The ratio columns divide the medians of the runs." % (
-          " and ".join(d for _, _, d in LAT_LOADS), nruns))
+          " and ".join(d for _, _, d in LAT_LOADS), nruns, "" if nruns == 1 else "s"))
     w("")
     for prefix, label, _ in LAT_LOADS:
         w("loadgen (%s): `%s`" % (label, args_of(results, "latency", "tidings", prefix + ".1")))
