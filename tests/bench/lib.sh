@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmark scripts (run.sh, growth.sh, syscalls.sh): sourced,
 # not run.  Before sourcing, the script sets ROOT, PY, TIME_LIMIT (its
 # watchdog), PORT_RANGE and the functions log and die; then it calls
@@ -272,7 +273,9 @@ tidings_args() {
     if [[ $help == *--admin-listen* ]]; then TID_ARGS+=(--admin-listen 127.0.0.1:@PORT2@); fi
     return 0
 }
+# shellcheck disable=SC2034  # TID_HELP is for run.sh
 TID=() TID_HELP=   # set by bench_prereqs once bin/tidings is built
+# shellcheck disable=SC2034  # for run.sh
 API_KEY=bench-api-key-0123456789abcdef
 
 # A fresh trio of servers for each scenario, so that none inherits the memory,
