@@ -5,9 +5,9 @@
 #   make test-suite   unit, fuzz (brief), chaos (short), integration tests against an ASan/UBSan build
 #   make fuzz         each libFuzzer harness for FUZZ_TIME seconds (default 60)
 #   make bench        tidings vs uWebSockets.js vs Node ws (both CPU placements), bench-shards,
-#                     bench-growth, bench-syscalls -> docs/benchmarks.md
+#                     bench-growth, bench-syscalls (~34 min) -> docs/benchmarks.md, README.md's tables
 #   make bench-growth growth curves (subscribers, topics, payload size, idle memory), tidings vs uWS
-#   make bench-syscalls system calls per delivery, tidings vs uWS
+#   make bench-syscalls system calls per delivery, tidings before/after vs uWS
 #   make bench-shards one Redis vs three shards vs a Redis Cluster (Redis-bound publishing)
 #   make bench-compare BASE=rev  this tree's tidings beside the one of rev, alternating
 #   make chaos        faults under load, nothing acknowledged lost (30 s a scenario, ~5 min)
@@ -194,18 +194,22 @@ clean:
 FORCE:
 
 # ---- benchmarks: tidings vs uWebSockets.js vs node ws, both CPU placements, then the
-#      shards, the growth curves and the system calls (~24 min, estimated) -> docs/benchmarks.md ----
+#      shards, the growth curves and the system calls before/after (~34 min, estimated:
+#      run.sh ~22, shards ~3, growth ~5, syscalls ~4) -> docs/benchmarks.md, docs/*.json,
+#      docs/*.png and README.md's performance tables ----
 bench: bin/tidings
+	@echo "make bench: about 34 minutes (run.sh ~22, shards ~3, growth ~5, syscalls ~4; estimated)"
 	bash tests/bench/run.sh
 	bash tests/bench/shards.sh
 	bash tests/bench/growth.sh
 	bash tests/bench/syscalls.sh
 
-# ---- growth curves, tidings vs uWS: subscribers, topics, payload size, idle memory (~6 min) ----
+# ---- growth curves, tidings vs uWS: subscribers, topics, payload size, idle memory (~5 min) ----
 bench-growth: bin/tidings
 	bash tests/bench/growth.sh
 
-# ---- system calls per delivery, tidings vs uWS (perf stat, else strace; ~2 min) ----
+# ---- system calls per delivery, tidings before (BENCH_BEFORE, default 8e70e71) and after vs uWS
+#      (perf stat, else strace; ~4 min) ----
 bench-syscalls: bin/tidings
 	bash tests/bench/syscalls.sh
 

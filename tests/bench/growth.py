@@ -89,89 +89,154 @@ SWEEPS = {
     "subs": ("Subscribers of one topic", "subscribers of the topic", "1 topic, 1 publisher, 64-byte payloads"),
     "topics": ("Topics, 10,000 subscribers spread over them", "topics",
                "10,000 subscribers (subscriber i on topic i mod K), 2 publishers, 64-byte payloads"),
-    "size": ("Payload size", "payload bytes", "1,000 subscribers of 1 topic, 1 publisher"),
+    "size": ("Payload size", "payload bytes", "1,000 subscribers of 1 topic, 1 publisher; both servers take "
+             "messages up to 128 KiB and queue 3 MiB per connection, so that a 64 KiB payload and a window of "
+             "32 of them fit"),
 }
 
 
+def per10(x0, x1, v0, v1):
+    """the factor by which v changes per 10x of x between two points"""
+    if not v0 or not v1 or x1 <= x0:
+        return None
+    return (v1 / v0) ** (1.0 / math.log10(x1 / x0))
+
+
+def fword(f):
+    """a factor as ×N (grows) or ÷N (falls)"""
+    if f is None:
+        return "?"
+    return "×" + fmt_num(f, 2) if f >= 1 else "÷" + fmt_num(1 / f, 2)
+
+
+def shape(f):
+    """how a quantity behaves per 10x of x: flat, falls ~10x, grows, ..."""
+    if f is None:
+        return None
+    if 0.75 <= f <= 1.33:
+        return "flat"
+    if f > 1.33:
+        return "grows"
+    if 1 / 14.0 <= f <= 1 / 7.0:
+        return "falls10"
+    return "between" if f > 1 / 7.0 else "fallsmore"
+
+
+# what the deliveries/s per 10x of x says, per sweep and shape
+MEANING = {
+    "subs": {
+        "flat": "flat: linear in deliveries (a message to 10× the subscribers costs 10× as much; messages/s "
+                "falls ~10× per 10× subscribers)",
+        "grows": "grows: less than linear in deliveries, the per-publish cost still weighs",
+        "between": "falls: worse than linear, the cost per delivery grows with the subscribers",
+        "falls10": "falls ~10×: the cost per delivery grows like the subscribers (quadratic in all)",
+        "fallsmore": "falls more than 10×: far worse than linear",
+    },
+    "topics": {
+        "flat": "flat: the cost is per delivery, the number of topics does not matter",
+        "grows": "grows: more topics cost less per delivery",
+        "between": "falls: partly a cost per publish (fewer subscribers per topic share it)",
+        "falls10": "falls ~10×: the cost is per publish (messages/s about flat), deliveries/s follows the "
+                   "subscribers per topic",
+        "fallsmore": "falls more than 10×: even messages/s falls, the cost per publish grows with the topics",
+    },
+    "size": {
+        "flat": "flat: the per-message cost dominates, the payload bytes are nearly free",
+        "grows": "grows (more bytes, more deliveries/s: not a cost of the size)",
+        "between": "falls, less than 10×: part per message, part per byte",
+        "falls10": "falls ~10×: linear in the bytes (payload bytes/s about flat)",
+        "fallsmore": "falls more than 10×: worse than linear in the bytes",
+    },
+}
+
+
+def msgs_per_s(r):
+    return r.get("e2e_messages_per_s") or r.get("published_per_s") if r else None
+
+
+def loglog_per10(pts, fn):
+    """per-10x factor of the least-squares line through (log x, log fn(r))"""
+    xy = [(math.log10(x), math.log10(fn(r))) for x, r in pts if fn(r)]
+    f = fit([a for a, _ in xy], [b for _, b in xy]) if len(xy) >= 2 else None
+    return 10 ** f[1] if f else None
+
+
 def sweep_sentence(records, sweep):
-    """what grows linearly and what does not, from this run's numbers"""
+    """what grows linearly and what does not, from this run's numbers: the
+    factor per 10x of x of deliveries/s between neighbouring points, read as
+    in MEANING, plus p99 and CPU per delivery over the whole sweep"""
+    what = SWEEPS[sweep][1]
     parts = []
     for s, label in SERVERS:
-        pts = [(x, r) for x, r, _ in points(records, sweep, s) if r]
+        pts = [(x, r) for x, r, _ in points(records, sweep, s) if r and r.get("deliveries_per_s")]
         if len(pts) < 2:
-            parts.append("%s: not enough points." % label)
+            parts.append("**%s**: not enough points with deliveries." % label)
             continue
-        (x0, r0), (x1, r1) = pts[0], pts[-1]
-        d0, d1 = r0.get("deliveries_per_s") or 0, r1.get("deliveries_per_s") or 0
-        m0, m1 = r0.get("e2e_messages_per_s") or 0, r1.get("e2e_messages_per_s") or 0
-        c0, c1 = cpu_us(r0), cpu_us(r1)
-        p0, p1 = r0.get("latency_p99_ms"), r1.get("latency_p99_ms")
-        peak = max(pts, key=lambda p: p[1].get("deliveries_per_s") or 0)
-        xf = x1 / x0
-        txt = "%s: from %s to %s %s (%s×), deliveries/s went %s → %s (%s, peak %s at %s), messages/s %s → %s" % (
-            label, "{:,}".format(x0), "{:,}".format(x1), SWEEPS[sweep][1], fmt_num(xf),
-            fmt_rate(d0), fmt_rate(d1), growth_word(d1 / d0 if d0 else None),
-            fmt_rate(peak[1].get("deliveries_per_s")), "{:,}".format(peak[0]), fmt_rate(m0), fmt_rate(m1))
-        if c0 and c1:
-            txt += ", server CPU per delivery %s → %s µs (%s)" % (fmt_num(c0), fmt_num(c1), growth_word(c1 / c0))
-        if p0 is not None and p1 is not None:
-            txt += ", p99 %s → %s ms" % (fmt_num(p0), fmt_num(p1))
-        if sweep == "size" and d0 and d1:
-            b0, b1 = d0 * x0, d1 * x1
-            txt += "; payload bytes delivered/s %s → %s MiB/s" % (fmt_num(b0 / 1048576), fmt_num(b1 / 1048576))
-        lg = [p for p in pts if (p[1].get("cpu_pct") or 0) >= SAT_PCT]
-        if lg:
-            txt += " (loadgen ≥ %d%% of a core at %s: there the loadgen, not the server, was the limit)" % (
-                SAT_PCT, ", ".join("{:,}".format(p[0]) for p in lg))
-        parts.append(txt + ".")
-    # the reading: what is linear and what is not
-    reading = []
-    for s, label in SERVERS:
-        pts = [(x, r) for x, r, _ in points(records, sweep, s) if r and cpu_us(r)]
-        if len(pts) < 2:
-            continue
-        (xa, ra), (xb, rb) = pts[-2], pts[-1]
-        ca, cb = cpu_us(ra), cpu_us(rb)
-        c0 = cpu_us(pts[0][1])
-        if sweep == "subs":
-            # cost = per publish + per delivery: flat CPU per delivery at the
-            # top means the cost grows linearly with the subscribers
-            if 0.75 <= cb / ca <= 1.33:
-                reading.append("%s CPU per delivery falls from %s µs (few subscribers: the per-publish cost "
-                               "dominates) and levels off at %s-%s µs from %s subscribers on, so above that its "
-                               "cost grows linearly with the subscribers" % (
-                                   poss(label), fmt_num(c0), fmt_num(min(ca, cb)), fmt_num(max(ca, cb)),
-                                   "{:,}".format(xa)))
+        # steps of at least 3x in x (a factor per 10x from a 2x step mostly
+        # magnifies noise): anchors picked greedily, the last point always one
+        anchors = [pts[0]]
+        for x, r in pts[1:]:
+            if x >= 3 * anchors[-1][0]:
+                anchors.append((x, r))
+        if anchors[-1][0] != pts[-1][0]:
+            if len(anchors) > 1:
+                anchors[-1] = pts[-1]
             else:
-                reading.append("%s CPU per delivery still changes %.2f× between %s and %s subscribers "
-                               "(%s → %s µs): not linear there" % (
-                                   poss(label), cb / ca, "{:,}".format(xa), "{:,}".format(xb), fmt_num(ca), fmt_num(cb)))
-        elif sweep == "topics":
-            # deliveries per publish = 10,000 / topics: compare CPU per publish
-            def per_pub(r):
-                m = r.get("e2e_messages_per_s") or r.get("published_per_s")
-                return r["server_cpu_pct"] / 100.0 / m * 1e6 if m else None
-            pa, pb, p0 = per_pub(ra), per_pub(rb), per_pub(pts[0][1])
-            if pa and pb and p0:
-                reading.append("%s CPU per publish went %s µs (1 topic, 10,000 deliveries each) → %s µs (%s "
-                               "topics) → %s µs (%s topics, %s deliveries each): %s" % (
-                                   poss(label), fmt_num(p0), fmt_num(pa), "{:,}".format(xa), fmt_num(pb),
-                                   "{:,}".format(xb), fmt_num(10000 / xb),
-                                   "with few subscribers per topic the cost per publish, not per delivery, "
-                                   "sets the rate, so deliveries/s falls roughly as 1/topics" if xb >= 1000 else
-                                   "the cost per delivery dominates"))
-        elif sweep == "size":
-            # linear in bytes when CPU per delivery grows like the size
-            grow, sz = cb / ca, xb / xa
-            reading.append("%s: between %s and %s bytes the CPU per delivery grew %.2f× for %.2f× the bytes "
-                           "(%s ns per payload byte at %s B)%s" % (
-                               label, "{:,}".format(xa), "{:,}".format(xb), grow, sz,
-                               fmt_num(cb * 1000 / xb), "{:,}".format(xb),
-                               ": linear in the bytes" if 0.75 * sz <= grow <= 1.33 * sz else
-                               (": less than linear, a per-message cost still weighs" if grow < 0.75 * sz
-                                else ": more than linear")))
-    if reading:
-        parts.append("Reading: " + "; ".join(reading) + ".")
+                anchors.append(pts[-1])
+        steps = []
+        for (x0, r0), (x1, r1) in zip(anchors, anchors[1:]):
+            f = per10(x0, x1, r0["deliveries_per_s"], r1["deliveries_per_s"])
+            m = per10(x0, x1, msgs_per_s(r0), msgs_per_s(r1))
+            steps.append((x0, x1, f, shape(f), m))
+        # neighbouring steps of the same shape read together
+        groups = []
+        for st in steps:
+            if groups and groups[-1][-1][3] == st[3]:
+                groups[-1].append(st)
+            else:
+                groups.append([st])
+        reads = []
+        for g in groups:
+            rd = "%s from %s to %s" % (", ".join(fword(st[2]) for st in g), "{:,}".format(g[0][0]),
+                                       "{:,}".format(g[-1][1]))
+            if len(g) > 1:
+                rd += " (%s)" % ", ".join("%s→%s" % ("{:,}".format(st[0]), "{:,}".format(st[1])) for st in g)
+            rd += ": " + MEANING[sweep].get(g[0][3], "?")
+            m = per10(g[0][0], g[-1][1], msgs_per_s(dict(anchors)[g[0][0]]), msgs_per_s(dict(anchors)[g[-1][1]]))
+            if m and sweep != "size":   # with a fixed audience messages/s says nothing more
+                rd += " [messages/s %s per 10×]" % fword(m)
+            reads.append(rd)
+        txt = "**%s**: deliveries/s per 10× %s %s" % (label, what, "; then ".join(reads))
+        extra = []
+        c0, c1 = cpu_us(pts[0][1]), cpu_us(pts[-1][1])
+        if c0 and c1:
+            extra.append("server CPU per delivery %s → %s µs (%s per 10×)" % (
+                fmt_num(c0), fmt_num(c1), fword(loglog_per10(pts, cpu_us))))
+        pf = loglog_per10(pts, lambda r: r.get("latency_p99_ms"))
+        if pf:
+            extra.append("p99 %s → %s ms (%s per 10×%s)" % (
+                fmt_num(pts[0][1].get("latency_p99_ms")), fmt_num(pts[-1][1].get("latency_p99_ms")), fword(pf),
+                ", linear in the %s" % what if 7 <= pf <= 14 else ""))
+        if sweep == "size":
+            bytes_pts = [(x, {"b": r["deliveries_per_s"] * x}) for x, r in pts]
+            bf = loglog_per10(bytes_pts, lambda r: r["b"])
+            extra.append("payload bytes delivered/s %s → %s MiB/s (%s per 10×)" % (
+                fmt_num(pts[0][1]["deliveries_per_s"] * pts[0][0] / 1048576),
+                fmt_num(pts[-1][1]["deliveries_per_s"] * pts[-1][0] / 1048576), fword(bf)))
+        lg = [x for x, r in pts if (r.get("cpu_pct") or 0) >= SAT_PCT]
+        if lg:
+            extra.append("the loadgen used ≥ %d%% of a core at %s, so there it, not the server, was the limit" % (
+                SAT_PCT, ", ".join("{:,}".format(x) for x in lg)))
+        extra = "; ".join(extra)
+        parts.append(txt + (". " + extra[:1].upper() + extra[1:] if extra else "") + ".")
+    # side by side at the top of the range
+    t = [(x, r) for x, r, _ in points(records, sweep, "tidings") if r]
+    u = {x: r for x, r, _ in points(records, sweep, "uws") if r}
+    t = [(x, r) for x, r in t if r.get("deliveries_per_s")][-1:] if t and t[-1][1].get("deliveries_per_s") else []
+    if t and t[-1][0] in u and u[t[-1][0]].get("deliveries_per_s"):
+        x, r = t[-1]
+        parts.append("At %s %s tidings delivers %.2f× uWS's rate." % (
+            "{:,}".format(x), what, (r.get("deliveries_per_s") or 0) / u[x]["deliveries_per_s"]))
     return " ".join(parts)
 
 
@@ -388,6 +453,9 @@ def main():
         res = r.get("result") or {}
         if r.get("error") or not r.get("result"):
             issues.append("%s / %s / %s: %s" % (r["scenario"], r["server"], r["variant"], r.get("error") or "no result"))
+        elif res.get("mode") != "idle" and not res.get("deliveries"):
+            issues.append("%s / %s / %s: no delivery in the window (%s of %s publishes acknowledged in all)" % (
+                r["scenario"], r["server"], r["variant"], res.get("acked_total"), res.get("published_total")))
         elif res.get("lost") or res.get("conn_failed") or res.get("conn_dropped") or res.get("e2e_expired"):
             issues.append("%s / %s / %s: lost %s, connections failed %s, dropped %s, e2e expired %s" % (
                 r["scenario"], r["server"], r["variant"], res.get("lost"), res.get("conn_failed"),

@@ -8,8 +8,12 @@
 # of tests/bench/servers), from tests/bench/lib.sh:
 #   subs     subscribers of one topic: 10 ... 10,000
 #   topics   10,000 subscribers spread over 1 ... 10,000 topics (2 publishers)
-#   size     payload 64 B ... 65,000 B (the largest whose publish stays under
-#            both servers' 64 KiB message limit), 1,000 subscribers of one topic
+#   size     payload 64 B ... 64 KiB (65,536 B), 1,000 subscribers of one topic;
+#            for this sweep both servers take messages up to 128 KiB (a 64 KiB
+#            payload does not fit in a 64 KiB publish) and queue up to 3 MiB per
+#            connection before they drop (a window of 32 such messages is 2 MiB):
+#            tidings --max-message-size 128k --max-queued-bytes 3m, uws-server.js
+#            --max-payload 131072 --max-backpressure 3145728
 #   idle     server memory against idle subscribed connections 1,000 ... 19,000
 #            (100 topics; a freshly started server for every point; tidings:
 #            the workers' RSS, as scenario 5 of run.sh; uWS: the node process)
@@ -57,12 +61,12 @@ set_placement "${GROWTH_PLACEMENT:-split}"
 
 SUBS_PTS=(10 100 1000 3000 10000)
 TOPIC_PTS=(1 10 100 1000 10000)
-SIZE_PTS=(64 512 4096 16384 32768 65000)
+SIZE_PTS=(64 512 4096 16384 32768 65536)
 IDLE_PTS=(1000 5000 10000 15000 19000)
 WARM=1
 if [[ $QUICK == 1 ]]; then
     DUR=1 WARM=0.5
-    SUBS_PTS=(10 1000) TOPIC_PTS=(1 1000) SIZE_PTS=(64 16384) IDLE_PTS=(1000 5000)
+    SUBS_PTS=(10 1000) TOPIC_PTS=(1 1000) SIZE_PTS=(64 65536) IDLE_PTS=(1000 5000)
 fi
 want() { [[ ,$ONLY, == *,$1,* ]]; }
 log "work dir $WORK; placement $PLACEMENT; $DUR s a point"
@@ -70,24 +74,28 @@ log "work dir $WORK; placement $PLACEMENT; $DUR s a point"
 BG_BUSY=$(busy_pct 2)
 log "background CPU before the run: ${BG_BUSY}% of a core"
 
-E2E=(--rate 0 --e2e --window $WINDOW --warmup $WARM --duration "$DUR" --grace 3 --connect-rate 5000)
+E2E=(--rate 0 --e2e --window "$WINDOW" --warmup "$WARM" --duration "$DUR" --grace 3 --connect-rate 5000)
 
 # sweep NAME SUBS_FOR TOPICS_FOR PUBS SIZE_FOR POINTS...: one server of each
 # kind for the whole sweep, the points in turn on both (tidings first)
 pubsub_sweep() {
-    local name=$1 pts=("${@:2}") s n subs topics pubs size
+    local name=$1 pts=("${@:2}") s n subs topics pubs size targs=() uargs=()
     log "sweep $name: ${pts[*]}"
+    if [[ $name == size ]]; then    # a 64 KiB payload in a publish is over 64 KiB
+        targs=(--max-message-size 128k --max-queued-bytes 3m)
+        uargs=(--max-payload 131072 --max-backpressure 3145728)
+    fi
     for s in tidings uws; do
-        if [[ $s == tidings ]]; then start_server g_tidings tidings "${TID[@]}" || true
-        else start_server g_uws node "${NODE_UWS[@]}" || true; fi
+        if [[ $s == tidings ]]; then start_server g_tidings tidings "${TID[@]}" "${targs[@]}" || true
+        else start_server g_uws node "${NODE_UWS[@]}" "${uargs[@]}" || true; fi
         for n in "${pts[@]}"; do
             case $name in
                 subs) subs=$n topics=1 pubs=1 size=64 ;;
                 topics) subs=10000 topics=$n pubs=2 size=64 ;;
                 size) subs=1000 topics=1 pubs=1 size=$n ;;
             esac
-            lg "$name" "$s" "$n" "g_$s" tree 90 -- --subs $subs --topics $topics --pubs $pubs \
-                --size $size "${E2E[@]}"
+            lg "$name" "$s" "$n" "g_$s" tree 90 -- --subs "$subs" --topics "$topics" --pubs "$pubs" \
+                --size "$size" "${E2E[@]}"
         done
         stop_server "g_$s"
     done

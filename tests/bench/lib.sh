@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmark scripts (run.sh, growth.sh, syscalls.sh): sourced,
 # not run.  Before sourcing, the script sets ROOT, PY, TIME_LIMIT (its
 # watchdog), PORT_RANGE and the functions log and die; then it calls
@@ -29,6 +30,9 @@ bench_prereqs() {
     log "building bin/tidings and the loadgen"
     make -s -C "$ROOT" bin/tidings
     make -s -C "$BENCH" loadgen
+    tidings_args "$TIDINGS"
+    TID=("${TID_ARGS[@]}")
+    TID_HELP=$("$TIDINGS" --help 2>&1 || true)
 
     if ! (cd "$SERVERS_DIR" && node -e "require('ws'); require('@trufflesuite/uws-js-unofficial')") >/dev/null 2>&1; then
         log "installing the npm packages in tests/bench/servers"
@@ -70,6 +74,8 @@ cleanup() {
     local rc=$? name
     trap - EXIT INT TERM
     for name in "${!TPID[@]}"; do stop_server "$name"; done
+    # a script's own clean-up (syscalls.sh: its temporary git worktree)
+    if declare -F bench_at_exit >/dev/null; then bench_at_exit || true; fi
     if [[ -n $WATCHDOG ]]; then kill "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; fi
     if [[ $rc -ne 0 ]]; then
         log "failed (exit $rc); logs kept in $WORK"
@@ -255,13 +261,21 @@ else:
 # ---------------------------------------------------------------- server commands
 NODE_WS=(node "$SERVERS_DIR/ws-server.js" @PORT@)
 NODE_UWS=(node "$SERVERS_DIR/uws-server.js" @PORT@)
-TID=("$TIDINGS" --bind 127.0.0.1 --port @PORT@ --shutdown-grace 2 --log-level warn)
+# tidings_args BIN: sets TID_ARGS to the bench command line of that tidings
+# binary (syscalls.sh also runs an older build beside bin/tidings).
 # The pub/sub path is measured, not the protections: no per-connection message
 # rate limit (the default of 1,000/s would answer most publishes with an error);
 # the admin listener on a free port of ours rather than the fixed default.
-TID_HELP=$("$TIDINGS" --help 2>&1 || true)
-if [[ $TID_HELP == *--rate-limit* ]]; then TID+=(--rate-limit 0); fi
-if [[ $TID_HELP == *--admin-listen* ]]; then TID+=(--admin-listen 127.0.0.1:@PORT2@); fi
+tidings_args() {
+    local help; help=$("$1" --help 2>&1 || true)
+    TID_ARGS=("$1" --bind 127.0.0.1 --port @PORT@ --shutdown-grace 2 --log-level warn)
+    if [[ $help == *--rate-limit* ]]; then TID_ARGS+=(--rate-limit 0); fi
+    if [[ $help == *--admin-listen* ]]; then TID_ARGS+=(--admin-listen 127.0.0.1:@PORT2@); fi
+    return 0
+}
+# shellcheck disable=SC2034  # TID_HELP is for run.sh
+TID=() TID_HELP=   # set by bench_prereqs once bin/tidings is built
+# shellcheck disable=SC2034  # for run.sh
 API_KEY=bench-api-key-0123456789abcdef
 
 # A fresh trio of servers for each scenario, so that none inherits the memory,

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 
 import sections
 
@@ -148,7 +149,23 @@ class Results:
         return [p for p in self.placements if p != self.placement]
 
     def rec(self, scen, server, variant):
-        return self.by.get((scen, server, variant))
+        r = self.by.get((scen, server, variant))
+        if r is None and variant and "." not in variant:
+            # scenario 3 runs each load several times (variants 20rps.1, 20rps.2,
+            # ...): where one value stands for them (the chart, section 8), it is
+            # the run with the median p99
+            ok = [x for x in self.runs(scen, server, variant) if x and x.get("result") and not x.get("error")]
+            if ok:
+                ok.sort(key=lambda x: x["result"].get("latency_p99_ms") or 0)
+                r = ok[(len(ok) - 1) // 2]
+        return r
+
+    def runs(self, scen, server, prefix):
+        """the records of the repeated runs PREFIX.1, PREFIX.2, ... in order
+        (None where a run number is missing)"""
+        nums = sorted(int(v.rsplit(".", 1)[1]) for (sc, sv, v) in self.by
+                      if sc == scen and sv == server and v.startswith(prefix + ".") and v.rsplit(".", 1)[1].isdigit())
+        return [self.by.get((scen, server, "%s.%d" % (prefix, n))) for n in range(1, (nums[-1] if nums else 0) + 1)]
 
     def res(self, scen, server, variant):
         r = self.rec(scen, server, variant)
@@ -243,6 +260,282 @@ def args_of(results, scen, server, variant):
     return " ".join(rec["loadgen_args"]) if rec else "?"
 
 
+# ------------------------------------------------------ scenario 3: tail latency
+# (variant prefix, short label, description); each load runs BENCH_LAT_ROUNDS
+# times per server (variants PREFIX.1, PREFIX.2, ...), every run reported
+LAT_LOADS = [
+    ("20rps", "1,000 subs at 20 msg/s", "1,000 subscribers of one topic, 20 publishes/s (20,000 deliveries/s)"),
+    ("200rps", "100 subs at 200 msg/s", "100 subscribers of one topic, 200 publishes/s (20,000 deliveries/s)"),
+]
+LAT_KEYS = [("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("p99.9", "latency_p999_ms"),
+            ("max", "latency_max_ms")]
+SPIKE_FACTOR = 1.5   # a run's p99 (p99.9) this many times the highest of the other runs ...
+SPIKE_MIN_MS = 0.5   # ... and at least this much above it is a spike to explain
+
+
+def median(vals):
+    v = sorted(x for x in vals if x is not None)
+    if not v:
+        return None
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def run_results(results, scen, server, prefix):
+    """the result of each repeated run, None for a failed or missing one"""
+    return [rec["result"] if rec and rec.get("result") and not rec.get("error") else None
+            for rec in results.runs(scen, server, prefix)]
+
+
+def runs_cell(vals, fmt=num):
+    """every run's value, in order: "1.90 / 2.10 / 2.00" """
+    if not vals:
+        return "not run"
+    return " / ".join("failed" if v is None else fmt(v) for v in vals)
+
+
+def lat_spikes(results):
+    """[(server label, load label, run, text)]: runs whose p99 or p99.9 stands
+    out from the other runs of the same server and load"""
+    out = []
+    for prefix, llabel, _ in LAT_LOADS:
+        for s, slabel in SERVERS:
+            recs = results.runs("latency", s, prefix)
+            for n, rec in enumerate(recs, 1):
+                r = rec["result"] if rec and rec.get("result") and not rec.get("error") else None
+                if not r:
+                    continue
+                what = []
+                for mname, key in LAT_KEYS[1:3]:
+                    others = [x["result"].get(key) for m, x in enumerate(recs, 1)
+                              if m != n and x and x.get("result") and not x.get("error")]
+                    others = [v for v in others if v is not None]
+                    v = r.get(key)
+                    if v is None or len(others) < 2:
+                        continue
+                    hi = max(others)
+                    if v >= SPIKE_FACTOR * hi and v - hi >= SPIKE_MIN_MS:
+                        what.append("%s %s ms against %s ms in the other runs (%.1f× the higher)" % (
+                            mname, num(v), " / ".join(num(o) for o in others), v / hi if hi else float("inf")))
+                if not what:
+                    continue
+                facts = ["max %s ms" % num(r.get("latency_max_ms"))]
+                if rec.get("background_cpu_pct") is not None:
+                    facts.append("the machine %d%% of a core busy just before it" % rec["background_cpu_pct"])
+                if r.get("cpu_pct") is not None:
+                    facts.append("the loadgen at %s%% of a core" % num(r["cpu_pct"]))
+                if r.get("server_cpu_pct") is not None:
+                    facts.append("the server at %s%%" % num(r["server_cpu_pct"]))
+                facts.append("%s lost" % "{:,}".format(r.get("lost") or 0))
+                if r.get("behind_schedule"):
+                    facts.append("the publisher behind schedule %s times" % "{:,}".format(r["behind_schedule"]))
+                out.append((slabel, llabel, n, "%s, %s, run %d: %s; in that run %s." % (
+                    slabel, llabel, n, "; ".join(what), ", ".join(facts))))
+    return out
+
+
+def latency_section(results, w):
+    """section 3: every run of both loads, per placement, and the spikes"""
+    w("## 3. Tail latency at fixed moderate rates: every run")
+    w("")
+    nruns = max([len(results.runs("latency", s, p)) for s, _ in SERVERS for p, _, _ in LAT_LOADS] + [0])
+    w("One topic, one publisher, 64-byte payloads, two loads: %s. %d round%s on the same three servers, "
+      "the servers interleaved (tidings, uWS, ws, tidings, ...; each round both loads), so that a busy "
+      "spell of the machine does not fall on one server only. Every run is shown, in order "
+      "(\"run 1 / run 2 / run 3\"): a spike in one run is a finding to explain (listed below the "
+      "tables), not something to average away. The ratio columns divide the medians of the runs." % (
+          " and ".join(d for _, _, d in LAT_LOADS), nruns, "" if nruns == 1 else "s"))
+    w("")
+    for prefix, label, _ in LAT_LOADS:
+        w("loadgen (%s): `%s`" % (label, args_of(results, "latency", "tidings", prefix + ".1")))
+        w("")
+    rows = [("latency %s (ms)" % m, k, num) for m, k in LAT_KEYS] + [
+        ("deliveries/s", "deliveries_per_s", rate),
+        ("lost", "lost", lambda v: "{:,}".format(int(v))),
+        ("server CPU (% of a core)", "server_cpu_pct", num),
+        ("loadgen CPU (% of a core)", "cpu_pct", num),
+    ]
+    for p in [results.placement] + results.others():
+        pres = results.at(p)
+        if len(results.placements) > 1:
+            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
+            w("")
+        w("| load | | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
+        w("|---|---|---|---|---|---|---|")
+        for prefix, label, _ in LAT_LOADS:
+            for rl, key, fmt in rows:
+                vals = {s: [r.get(key) if r else None for r in run_results(pres, "latency", s, prefix)]
+                        for s, _ in SERVERS}
+                med = {s: median(v) for s, v in vals.items()}
+                ratios = [ratio(med["tidings"], med[o]) if key.startswith("latency") or key.endswith("_per_s")
+                          else "—" for o in ("uws", "ws")]
+                w("| %s | %s | %s | %s |" % (label, rl, " | ".join(runs_cell(vals[s], fmt) for s, _ in SERVERS),
+                                             " | ".join(ratios)))
+            bg = {s: [rec.get("background_cpu_pct") if rec else None for rec in pres.runs("latency", s, prefix)]
+                  for s, _ in SERVERS}
+            w("| %s | machine busy just before (%% of a core) | %s | | |" % (
+                label, " | ".join(runs_cell(bg[s], lambda v: "%d" % v) for s, _ in SERVERS)))
+        w("")
+        spikes = lat_spikes(pres)
+        if spikes:
+            w("Spikes (a run's p99 or p99.9 at least %.1f× the highest of the other runs and %s ms above it): "
+              "findings to explain, not noise to average away:" % (SPIKE_FACTOR, num(SPIKE_MIN_MS)))
+            w("")
+            for _, _, _, text in spikes:
+                w("* " + text)
+        else:
+            w("No spike: no run's p99 or p99.9 is %.1f× (and %s ms) above the other runs of the same server "
+              "and load." % (SPIKE_FACTOR, num(SPIKE_MIN_MS)))
+        w("")
+
+
+# ------------------------------------------------------------------- summary
+def _val(r, key):
+    return r.get(key) if r else None
+
+
+def summary_spec():
+    """(label, (README label, short label) or None, kind, scenario, variants per server, key, format,
+    unit in the README)
+    kind "one": one run per server; "runs": every run of scenario 3 ("a / b / c")"""
+    kib = lambda v: num(v / 1024) if v is not None else "—"
+    spec = [
+        ("fan-out, 1,000 subs: deliveries/s", ("fan-out to 1,000 subscribers, deliveries/s", "fan-out"),
+         "one", "fanout", ("max",) * 3, "deliveries_per_s", rate, ""),
+        ("fan-out, 1,000 subs: p99 latency (ms)", None, "one", "fanout", ("max",) * 3, "latency_p99_ms", num, " ms"),
+        ("the same, end-to-end window (section 11): deliveries/s", ("the same, end-to-end window (`loadgen --e2e`)", "fan-out e2e"),
+         "one", "e2e", ("fanout_e2e", "fanout_e2e", None), "deliveries_per_s", rate, ""),
+        ("the same, end-to-end window: p99 to the last subscriber (ms)", None,
+         "one", "e2e", ("fanout_e2e", "fanout_e2e", None), "e2e_latency_p99_ms", num, " ms"),
+        ("10,000 subs / 1,000 topics: deliveries/s", ("10,000 subscribers over 1,000 topics, deliveries/s", "many topics"),
+         "one", "many", ("max",) * 3, "deliveries_per_s", rate, ""),
+        ("the same, tidings `--workers 1` (section 8)", None,
+         "one", "many", ("w1", "max", "max"), "deliveries_per_s", rate, ""),
+        ("the same, end-to-end window (section 11): deliveries/s", ("the same, end-to-end window (`loadgen --e2e`)", "many topics e2e"),
+         "one", "e2e", ("many_e2e", "many_e2e", None), "deliveries_per_s", rate, ""),
+        ("the same, end-to-end window: p99 to the last subscriber (ms)", None,
+         "one", "e2e", ("many_e2e", "many_e2e", None), "e2e_latency_p99_ms", num, " ms"),
+    ]
+    for prefix, label, _ in LAT_LOADS:
+        for m, key in LAT_KEYS:
+            spec.append(("%s: %s latency (ms), each run" % (label, m),
+                         ("%s, p99 latency, each run" % label.replace("subs", "subscribers"),
+                          "p99 at %s (medians)" % label) if m == "p99" else None,
+                         "runs", "latency", (prefix,) * 3, key, num, " ms"))
+    spec += [
+        ("16 KiB, 100 subs, uncompressed: deliveries/s", ("16 KiB messages to 100 subscribers, deliveries/s", "16 KiB"),
+         "one", "large", ("plain",) * 3, "deliveries_per_s", rate, ""),
+        ("16 KiB, 100 subs, uncompressed: p99 latency (ms)", None,
+         "one", "large", ("plain",) * 3, "latency_p99_ms", num, " ms"),
+        ("16 KiB, 100 subs, deflate: deliveries/s", None,
+         "one", "large", ("deflate", "deflate", None), "deliveries_per_s", rate, ""),
+        ("idle: server memory per connection (KiB)", ("memory per idle subscribed connection", "idle memory"),
+         "one", "idle", ("workers", "pid", "pid"), "server_rss_per_conn", kib, " KiB"),
+    ]
+    return spec
+
+
+def summary_row(pres, kind, scen, variants, key, fmt):
+    """cells (one per server) and the ratios tidings ÷ uWS, tidings ÷ ws
+    (of the medians for "runs")"""
+    cells, vals = [], []
+    for (s, _), v in zip(SERVERS, variants):
+        if v is None:
+            cells.append("n/a")
+            vals.append(None)
+        elif kind == "runs":
+            xs = [_val(r, key) for r in run_results(pres, scen, s, v)]
+            cells.append(runs_cell(xs, fmt) if xs else "not run")
+            vals.append(median(xs))
+        else:
+            r = pres.res(scen, s, v)
+            x = _val(r, key)
+            if pres.rec(scen, s, v) is None:
+                cells.append("not run")
+            elif x is None:
+                cells.append("failed")
+            else:
+                sat = r.get("cpu_pct") is not None and r["cpu_pct"] >= SAT_PCT and r.get("mode") != "idle"
+                cells.append(fmt(x) + (" ⚠" if sat else ""))
+            vals.append(x)
+    return cells, ratio(vals[0], vals[1]), ratio(vals[0], vals[2])
+
+
+def readme_block(results, m, now, elapsed, quick):
+    """the README's performance table, between <!-- bench:summary:begin --> and
+    <!-- bench:summary:end -->, from the same results as docs/benchmarks.md"""
+    L = ["<!-- bench:summary:begin -->"]
+    w = L.append
+    first = results.placement
+    w("%sFrom the `make bench` run of %s, commit %s, on %s cores (%s) that the servers, the load "
+      "generator and Redis share; placement `%s` (%s); tidings with its defaults (one worker per core, "
+      "embedded Redis, compression on). Written with [docs/benchmarks.md](docs/benchmarks.md) from the "
+      "same results; do not edit by hand:" % (
+          "**BENCH_QUICK=1: numbers meaningless.** " if quick else "", now, m.get("commit", "?"),
+          m.get("nproc", "?"), m.get("cpu", "?"), first, PLACEMENT_TEXT.get(first, first)))
+    w("")
+    w("| | tidings | uWS.js | node ws | tidings ÷ uWS |")
+    w("| --- | --- | --- | --- | --- |")
+    pres = results.at(first)
+    others = results.others()
+    other_ratios = {p: [] for p in others}
+    for label, rlabel, kind, scen, variants, key, fmt, unit in summary_spec():
+        if not rlabel:
+            continue
+        cells, ru, _ = summary_row(pres, kind, scen, variants, key, fmt)
+        cells = [c.replace(" ⚠", "") + unit + (" ⚠" if c.endswith("⚠") else "") if c[:1].isdigit() else c
+                 for c in cells]
+        if scen == "many" and variants[0] == "max":   # section 8 beside it
+            one = pres.res("many", "tidings", "w1")
+            if one and one.get(key) is not None:
+                cells[0] += " (1 worker: %s)" % fmt(one[key])
+        w("| %s | %s | %s |" % (rlabel[0], " | ".join(cells), ru))
+        for p in others:
+            _, rp, _ = summary_row(results.at(p), kind, scen, variants, key, fmt)
+            other_ratios[p].append("%s %s" % (rlabel[1], rp))
+    w("")
+    w("Latency rows: every run of scenario 3, in order (the rounds interleave the servers); the ratio "
+      "is of the medians. Above 1× tidings is higher: better for deliveries/s, worse for latency and memory. "
+      "⚠: the load generator used %d%% or more of a core, so it was (close to) the limit." % SAT_PCT)
+    for p in others:
+        w("")
+        w("Placement `%s` (%s), tidings ÷ uWS: %s." % (p, PLACEMENT_TEXT.get(p, p), "; ".join(other_ratios[p])))
+    w("<!-- bench:summary:end -->")
+    return "\n".join(L) + "\n"
+
+
+def readme_redis_block(results):
+    """the README's table of scenario 6 (through Redis), between
+    <!-- bench:redis:begin --> and <!-- bench:redis:end -->"""
+    L = ["<!-- bench:redis:begin -->", "| topics | deliveries/s | p50 | p99 |", "| --- | --- | --- | --- |"]
+    for v, label in [("10topics", "10 (100 subscribers each)"), ("1topics", "1 (1,000 subscribers)")]:
+        r = results.res("redis", "tidings", v)
+        if r:
+            L.append("| %s | %s | %s ms | %s ms |" % (label, rate(r.get("deliveries_per_s")),
+                                                     num(r.get("latency_p50_ms")), num(r.get("latency_p99_ms"))))
+        else:
+            L.append("| %s | failed | | |" % label)
+    L.append("<!-- bench:redis:end -->")
+    return "\n".join(L) + "\n"
+
+
+def put_block(path, name, block):
+    """replaces the marked block NAME of the file at path; False when the file
+    has no such block (then it is left alone)"""
+    try:
+        old = open(path).read()
+    except OSError:
+        return False
+    pat = re.compile(r"<!-- %s:begin -->.*?<!-- %s:end -->\n?" % (re.escape(name), re.escape(name)), re.S)
+    if not pat.search(old):
+        return False
+    new = pat.sub(lambda _: block, old, count=1)
+    if new != old:
+        with open(path, "w") as f:
+            f.write(new)
+    return True
+
+
 # ----------------------------------------------------------------------- notes
 def flags(results):
     notes = []
@@ -283,6 +576,10 @@ def flags(results):
             notes.append("%s: %d publishes were never acknowledged." % (name, r["unacked"]))
         if rec["variant"] == "deflate" and r.get("mode") != "idle" and not r.get("inflated"):
             notes.append("%s: no compressed message was received although --deflate was offered." % name)
+    for p in results.placements:
+        for _, _, _, text in lat_spikes(results.at(p)):
+            notes.append("**Latency spike (section 3%s)**: %s" % (
+                ", placement %s" % p if len(results.placements) > 1 else "", text))
     return notes
 
 
@@ -293,17 +590,21 @@ def idle_conns(results):
 
 
 def chart(results, work, title):
+    """six panels, the first placement; the latency panels show the median
+    p99 of scenario 3's runs, labelled with every run's"""
     panels = [
         ("fanout", "max", "deliveries_per_s", 1e-6, "Fan-out, 1,000 subs of 1 topic:\\ndeliveries/s (millions, higher is better)", "%.2f"),
-        ("many", "max", "deliveries_per_s", 1e-6, "10,000 subs on 1,000 topics:\\ndeliveries/s (millions, higher is better)", "%.2f"),
-        ("latency", "20rps", "latency_p99_ms", 1, "1,000 subs, 20 msg/s:\\np99 latency (ms, lower is better)", "%.2f"),
+        ("many", "max", "deliveries_per_s", 1e-6, "10,000 subs on 1,000 topics:\\ndeliveries/s (millions, higher is better)", "%.3f"),
+        ("e2e", "many_e2e", "deliveries_per_s", 1e-6, "10,000 subs on 1,000 topics, end-to-end window:\\ndeliveries/s (millions, higher is better)", "%.3f"),
+        ("latency", "runs:20rps", "latency_p99_ms", 1, "1,000 subs, 20 msg/s: p99 latency (ms),\\nmedian bar, every run labelled (lower is better)", "%.2f"),
+        ("latency", "runs:200rps", "latency_p99_ms", 1, "100 subs, 200 msg/s: p99 latency (ms),\\nmedian bar, every run labelled (lower is better)", "%.2f"),
         ("idle", None, "server_rss_per_conn", 1 / 1024, "{:,} idle connections:".format(idle_conns(results)) + "\\nserver memory per connection (KiB, lower is better)", "%.1f"),
     ]
     idle_variant = {"tidings": "workers", "uws": "pid", "ws": "pid"}
     gp = [
-        "set terminal pngcairo size 1280,860 font 'DejaVu Sans,11'",
+        "set terminal pngcairo size 1600,860 font 'DejaVu Sans,11'",
         "set output 'benchmarks.png'",
-        "set multiplot layout 2,2 title '%s' font ',13'" % title.replace("'", "''"),
+        "set multiplot layout 2,3 title '%s' font ',13'" % title.replace("'", "''"),
         "set style fill solid 0.85 border -1",
         "set boxwidth 0.6",
         "set grid ytics",
@@ -317,10 +618,17 @@ def chart(results, work, title):
         path = os.path.join(work, "chart%d.dat" % i)
         with open(path, "w") as f:
             for s, label in SERVERS:
-                v = variant or idle_variant[s]
-                r = results.res(scen, s, v)
-                val = r.get(key) if r else None
-                shown = fmt % (val * scale) if val is not None else "failed"
+                if variant and variant.startswith("runs:"):
+                    vals = [_val(r, key) for r in run_results(results, scen, s, variant[5:])]
+                    val = median(vals)
+                    shown = " / ".join("?" if v is None else fmt % (v * scale) for v in vals) if vals else "failed"
+                    r = None
+                else:
+                    v = variant or idle_variant[s]
+                    r = results.res(scen, s, v)
+                    val = r.get(key) if r else None
+                    shown = fmt % (val * scale) if val is not None else (
+                        "n/a" if results.rec(scen, s, v) is None and scen == "e2e" else "failed")
                 if r and r.get("cpu_pct") is not None and r["cpu_pct"] >= SAT_PCT and r.get("mode") != "idle":
                     shown += " (loadgen-bound)"
                 f.write('"%s" %s %s "%s"\n' % (label, "%.6g" % (val * scale) if val is not None else 0,
@@ -393,6 +701,8 @@ def main():
                     help="print scenario 10's table and nothing else (BENCH_ONLY runs)")
     ap.add_argument("--e2e-summary", action="store_true",
                     help="print scenario 11's table, per placement, and nothing else (BENCH_ONLY runs)")
+    ap.add_argument("--latency-summary", action="store_true",
+                    help="print section 3 (every latency run, per placement) and nothing else (BENCH_ONLY runs)")
     ap.add_argument("--out")
     ap.add_argument("--work")
     ap.add_argument("--root")
@@ -400,6 +710,8 @@ def main():
     ap.add_argument("--quick", default="0")
     ap.add_argument("--fan-window", default="32")
     ap.add_argument("--background-cpu", type=int, default=None)
+    ap.add_argument("--readme", help="also rewrite the marked performance tables of this README "
+                    "(<!-- bench:summary:begin --> ... and <!-- bench:redis:begin --> ...)")
     a = ap.parse_args()
 
     with open(a.results) as f:
@@ -407,6 +719,11 @@ def main():
     results = Results(records)
     if a.api_summary:
         print("\n".join(api_rows(results)))
+        return
+    if a.latency_summary:
+        out = []
+        latency_section(results, out.append)
+        print("\n".join(out))
         return
     if a.e2e_summary:
         for p in results.placements:
@@ -448,42 +765,22 @@ def main():
     w("")
     w("## Summary")
     w("")
-    summ = [
-        ("fan-out, 1,000 subs: deliveries/s", "fanout", ("max",) * 3, "deliveries_per_s", rate),
-        ("fan-out, 1,000 subs: p99 latency (ms)", "fanout", ("max",) * 3, "latency_p99_ms", num),
-        ("10,000 subs / 1,000 topics: deliveries/s", "many", ("max",) * 3, "deliveries_per_s", rate),
-        ("the same, tidings `--workers 1` (section 8)", "many", ("w1", "max", "max"), "deliveries_per_s", rate),
-        ("1,000 subs at 20 msg/s: p99 latency (ms)", "latency", ("20rps",) * 3, "latency_p99_ms", num),
-        ("16 KiB, 100 subs, uncompressed: deliveries/s", "large", ("plain",) * 3, "deliveries_per_s", rate),
-        ("16 KiB, 100 subs, uncompressed: p99 latency (ms)", "large", ("plain",) * 3, "latency_p99_ms", num),
-        ("16 KiB, 100 subs, deflate: deliveries/s", "large", ("deflate", "deflate", None), "deliveries_per_s", rate),
-        ("idle: server memory per connection (KiB)", "idle", ("workers", "pid", "pid"), "server_rss_per_conn",
-         lambda v: num(v / 1024) if v is not None else "—"),
-    ]
+    spec = summary_spec()
     for pi, place in enumerate([results.placement] + results.others()):
         pres = results.at(place)
         if len(results.placements) > 1:
-            w("%sPlacement `%s` (%s):" % ("" if pi == 0 else "", place, PLACEMENT_TEXT.get(place, place)))
+            w("Placement `%s` (%s):" % (place, PLACEMENT_TEXT.get(place, place)))
             w("")
         w("| | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
         w("|---|---|---|---|---|---|")
-        for label, scen, variants, key, fmt in summ:
-            vals = []
-            for (s, _), v in zip(SERVERS, variants):
-                r = pres.res(scen, s, v) if v else None
-                vals.append(r.get(key) if r else None)
-            cells = []
-            for (s, _), v, x in zip(SERVERS, variants, vals):
-                if v is None:
-                    cells.append("n/a")
-                elif x is None:
-                    cells.append("failed")
-                else:
-                    r = pres.res(scen, s, v)
-                    sat = r.get("cpu_pct") is not None and r["cpu_pct"] >= SAT_PCT
-                    cells.append(fmt(x) + (" ⚠" if sat else ""))
-            w("| %s | %s | %s | %s |" % (label, " | ".join(cells), ratio(vals[0], vals[1]), ratio(vals[0], vals[2])))
+        for label, _, kind, scen, variants, key, fmt, _ in spec:
+            cells, ru, rw = summary_row(pres, kind, scen, variants, key, fmt)
+            w("| %s | %s | %s | %s |" % (label, " | ".join(cells), ru, rw))
         w("")
+    w("\"each run\": every run of scenario 3 (section 3), in order; their ratios divide the medians. "
+      "\"end-to-end window\": section 11, where a publish stays in the publisher's window until every "
+      "subscriber has it.")
+    w("")
     w("⚠: the loadgen used %d%% or more of a core in that run, so it was (close to) the limit. "
       "Details, CPU figures and the exact loadgen options per scenario below." % SAT_PCT)
     w("")
@@ -556,9 +853,7 @@ def main():
             "Ten subscribers per topic; two publishers, each with %s publishes unacknowledged, "
             "round-robin over the topics. Connections are opened at 5,000/s." % a.fan_window,
             "many", {"tidings": "max", "uws": "max", "ws": "max"})
-    section("3. Latency at a fixed moderate rate: 1,000 subscribers, 20 messages/s",
-            "One topic, one publisher at 20 publishes/s, so 20,000 deliveries/s.",
-            "latency", {"tidings": "20rps", "uws": "20rps", "ws": "20rps"})
+    latency_section(results, w)
 
     large_rows = [PUBSUB_ROWS[0],
                   ("payload delivered (MiB/s)",
@@ -667,7 +962,7 @@ def main():
     w("| | tidings (default, 2 workers) | tidings `--workers 1` | uWS.js | 1 worker ÷ uWS |")
     w("|---|---|---|---|---|")
     for scen, variant, label in [("fanout", "max", "fan-out"), ("many", "max", "many topics"),
-                                 ("latency", "20rps", "20 msg/s")]:
+                                 ("latency", "20rps", "20 msg/s (section 3: its median-p99 run)")]:
         for rl, fn, val in [
             ("deliveries/s", lambda r: rate(r.get("deliveries_per_s")), lambda r: r.get("deliveries_per_s")),
             ("latency p50 (ms)", lambda r: num(r.get("latency_p50_ms")), lambda r: r.get("latency_p50_ms")),
@@ -839,6 +1134,13 @@ def main():
         w(section)
     with open(path, "w") as f:
         f.write("\n".join(L))
+
+    if a.readme:
+        for name, block in [("bench:summary", readme_block(results, m, now, a.elapsed, a.quick == "1")),
+                            ("bench:redis", readme_redis_block(results))]:
+            if not put_block(a.readme, name, block):
+                print("report.py: %s has no <!-- %s:begin --> ... <!-- %s:end --> block; left alone" % (
+                    a.readme, name, name), file=sys.stderr)
 
 
 if __name__ == "__main__":

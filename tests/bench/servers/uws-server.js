@@ -1,11 +1,21 @@
 // The speed reference: uWebSockets.js with the same JSON protocol, using its
 // native pub/sub (topic trees inside uWS).  One process, one thread.
-// Usage: node uws-server.js PORT [--compression]
+// Usage: node uws-server.js PORT [--compression] [--max-payload BYTES] [--max-backpressure BYTES]
+// (--max-payload: the largest incoming message, default 64 KiB;
+// --max-backpressure: bytes queued per connection before sends are dropped,
+// default 1 MiB; growth.sh's payload sweep raises both, so that a 64 KiB
+// payload fits in a publish and a window of 32 of them in a queue)
 'use strict';
 const uWS = require('@trufflesuite/uws-js-unofficial');
 
 const port = Number(process.argv[2] || 8091);
 const compression = process.argv.includes('--compression') ? uWS.SHARED_COMPRESSOR : uWS.DISABLED;
+function opt(name, dflt) {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+}
+const maxPayloadLength = opt('--max-payload', 64 * 1024);
+const maxBackpressure = opt('--max-backpressure', 1024 * 1024);
 const dec = new TextDecoder();
 
 function reply(ws, obj, id) {
@@ -15,8 +25,8 @@ function reply(ws, obj, id) {
 
 const app = uWS.App().ws('/*', {
   compression,
-  maxPayloadLength: 64 * 1024,
-  maxBackpressure: 1024 * 1024,
+  maxPayloadLength,
+  maxBackpressure,
   idleTimeout: 120,
   message: (ws, data, isBinary) => {
     let msg;
