@@ -802,7 +802,10 @@ def main():
       "between workers); its CPU and memory figures include the master, the workers and "
       "redis-server unless said otherwise. The Node.js servers are single processes, single-threaded "
       "(`tests/bench/servers/`). The load generator is `tests/bench/loadgen` (one thread); latency is "
-      "publish-to-delivery as seen by it, and \"deliveries\" count notifications received by "
+      "publish-to-arrival: from the publisher's clock reading before it sends to the kernel's "
+      "receive stamp on the subscriber's socket (`SO_TIMESTAMPNS`), so the one loadgen thread's "
+      "own queue of sockets to read is not counted (the publish-to-read figure is in "
+      "bench-results.json as `read_latency_*`), and \"deliveries\" count notifications received by "
       "subscribers inside the measurement window. CPU figures are in %% of one core (so up to %d%% "
       "for tidings' processes together). A loadgen CPU of %d%% or more is marked ⚠: the loadgen "
       "was then (close to) the bottleneck and the server may be able to do more." %
