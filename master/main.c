@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "../common/config.h"
 #include "../common/log.h"
@@ -88,8 +89,10 @@ int main(int argc, char **argv) {
   log_set_level(cfg.log_level);
   log_set_json(strcmp(cfg.log_format, "json") == 0);
   if (cfg.workers == 0) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg.workers = n > 0 ? (n > MASTER_MAX_WORKERS ? MASTER_MAX_WORKERS : (int)n) : 1;
+    /* the cores this process may run on (its affinity: taskset, a
+     * container's cpuset), not every core of the machine */
+    unsigned n = uv_available_parallelism();
+    cfg.workers = n > MASTER_MAX_WORKERS ? MASTER_MAX_WORKERS : n > 0 ? (int)n : 1;
   }
   const char *wid = getenv("TIDINGS_WORKER_ID");
   if (wid && *wid) return worker_main(&cfg, atoi(wid));
