@@ -39,8 +39,9 @@ enum conn_kind { CONN_PUBSUB, CONN_ECHO };
 /* An idle WebSocket connection holds this struct and one struct sub per
  * topic, nothing else: no read buffer (reads land in the worker's), no
  * handshake buffer, no wslay context, no output ring (see ws.c and
- * outq.h).  So its fields are ordered to leave no padding, and
- * tests/unit/test_connsize.c holds the struct to its malloc size class. */
+ * outq.h).  So its fields are ordered to leave no holes between them
+ * (536 bytes, a 544-byte malloc chunk), and tests/unit/test_connsize.c
+ * holds the struct to that size class. */
 struct conn {
   struct worker *w;
   uv_tcp_t tcp;
