@@ -126,10 +126,11 @@ bin/unit/%: build/san/tests/unit/%.o $(UNIT_LIB_SRC:%.c=build/san/%.o)
 	@mkdir -p bin/unit
 	$(CC) -O1 -g $(SAN) -o $@ $^ $(LIBS) -lcmocka
 
-# test_bus, test_recovery (history kept by the local bus in memory) and
-# test_control (orders and counts) run a whole worker on the in-process bus
-# instead of Redis, with the clients of tests/unit/wtest.c
-WORKER_UNIT_TESTS := test_bus test_recovery test_control
+# test_bus, test_recovery (history kept by the local bus in memory),
+# test_control (orders and counts) and test_connsize (what an idle connection
+# holds) run a whole worker on the in-process bus instead of Redis, with the
+# clients of tests/unit/wtest.c
+WORKER_UNIT_TESTS := test_bus test_recovery test_control test_connsize
 $(WORKER_UNIT_TESTS:%=bin/unit/%): bin/unit/%: build/san/tests/unit/%.o build/san/tests/unit/wtest.o \
     $(COMMON_SRC:%.c=build/san/%.o) $(WORKER_SRC:%.c=build/san/%.o) build/san/worker/bus_local.o
 	@mkdir -p bin/unit

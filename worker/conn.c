@@ -98,20 +98,20 @@ void conn_read_pause(struct conn *c, int pause) {
   c->read_paused = pause ? 1 : 0;
 }
 
-void conn_describe_peer(struct conn *c) {
-  const struct sockaddr_storage ss = c->addr;
-  char ip[INET6_ADDRSTRLEN] = "?";
+void conn_set_peer(struct conn *c, const struct sockaddr_storage *addr) {
+  char ip[CONN_PEER_MAX - 6] = "?"; /* then ":65535" */
   int port = 0;
-  if (ss.ss_family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+  if (addr && addr->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
     uv_ip4_name(a, ip, sizeof(ip));
     port = ntohs(a->sin_port);
-  } else if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+  } else if (addr && addr->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
     uv_ip6_name(a, ip, sizeof(ip));
     port = ntohs(a->sin6_port);
   }
   snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+  c->ip_bucket = addr ? shm_ip_bucket(addr) : 0;
 }
 
 void conn_accept(struct worker *w, int api) {
@@ -141,10 +141,11 @@ void conn_accept(struct worker *w, int api) {
   if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0)
     log_debug("nodelay_failed", "conn %llu: TCP_NODELAY: %s", (unsigned long long)c->id,
               uv_strerror(rc));
-  int sl = sizeof(c->addr);
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &sl) != 0)
-    c->addr.ss_family = AF_UNSPEC;
-  conn_describe_peer(c);
+  /* the address is kept only as c->peer and c->ip_bucket */
+  struct sockaddr_storage addr;
+  int sl = sizeof(addr);
+  int known = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&addr, &sl) == 0;
+  conn_set_peer(c, known ? &addr : NULL);
   c->need_proxy = api ? 0 : w->cfg->proxy_protocol; /* the API's listener is private */
   c->state = CONN_HTTP;
   c->deadline = uv_now(w->loop) + (uint64_t)w->cfg->handshake_timeout * 1000;

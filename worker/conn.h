@@ -31,17 +31,49 @@ struct worker;
 enum conn_state { CONN_HTTP, CONN_WS, CONN_API, CONN_DRAINING, CONN_CLOSED };
 enum conn_kind { CONN_PUBSUB, CONN_ECHO };
 
+/* The longest "ip:port" and its NUL: 39 characters of IPv6 (eight groups
+ * of four hex digits, the longest form libuv's uv_ip6_name() writes), then
+ * ":65535". */
+#define CONN_PEER_MAX 46
+
+/* An idle WebSocket connection holds this struct and one struct sub per
+ * topic, nothing else: no read buffer (reads land in the worker's), no
+ * handshake buffer, no wslay context, no output ring (see ws.c and
+ * outq.h).  So its fields are ordered to leave no holes between them
+ * (536 bytes, a 544-byte malloc chunk), and tests/unit/test_connsize.c
+ * holds the struct to that size class. */
 struct conn {
   struct worker *w;
   uv_tcp_t tcp;
-  uv_write_t *wreq; /* only while a write is in flight */
-  enum conn_state state;
-  enum conn_kind kind;
   uint64_t id;
   struct conn *prev, *next; /* on w->handshaking or w->open */
   struct conn_list *list;
   struct conn *dirty_next;
   uint64_t deadline; /* loop ms; 0 = none */
+  struct outq q;
+  uv_write_t *wreq; /* only while a write is in flight */
+  size_t inflight_bytes;
+  uint32_t inflight;     /* outq entries owned by the in-flight uv_write */
+  uint32_t missed;       /* notifications dropped since the last one delivered */
+  uint64_t over_since;   /* loop ms when the queue went over the cap; 0 = under */
+  double rate_tokens;    /* token bucket of --rate-limit */
+  uint64_t rate_last;    /* loop ms of the last refill */
+  uint32_t rate_strikes; /* messages refused in a row by the rate limit */
+  uint32_t ip_bucket;    /* the client address' row of per-address counts (conn_set_peer) */
+  int refs;              /* async operations still pointing here */
+  /* HTTP phase */
+  uint32_t hlen;
+  char *hbuf;
+  struct api_conn *api; /* CONN_API: api.c's state */
+  /* WebSocket phase */
+  wslay_event_context_ptr ws;
+  struct frame_input *in;      /* during ws_feed(): what wslay still has to read */
+  struct frame_tracker frames; /* where the client's byte stream is */
+  struct auth_grant *grant;    /* what the client's token allows, or NULL */
+  struct sub *subs;
+  int nsubs;
+  enum conn_state state : 8; /* enum bit-fields: GCC and clang take them */
+  enum conn_kind kind : 8;
   unsigned dirty : 1;
   unsigned writing : 1; /* a uv_write is in flight */
   unsigned shut_wr : 1; /* uv_shutdown issued */
@@ -54,39 +86,17 @@ struct conn {
   unsigned ip_counted : 1;   /* counted in shared memory under ip_bucket */
   unsigned rate_started : 1; /* the token bucket has been filled */
   unsigned read_held : 1;    /* the API's pipeline is full: reading stays paused */
-  uint32_t ip_bucket;
-  uint32_t rate_strikes;       /* messages refused in a row by the rate limit */
-  double rate_tokens;          /* token bucket of --rate-limit */
-  uint64_t rate_last;          /* loop ms of the last refill */
-  struct frame_tracker frames; /* where the client's byte stream is */
-  unsigned pmd_bits : 4;       /* the window we may compress with */
-  uint32_t inflight;           /* outq entries owned by the in-flight uv_write */
-  size_t inflight_bytes;
-  int refs;            /* async operations still pointing here */
-  uint64_t over_since; /* loop ms when the queue went over the cap; 0 = under */
-  uint32_t missed;     /* notifications dropped since the last one delivered */
-  /* HTTP phase */
-  char *hbuf;
-  size_t hlen;
-  struct api_conn *api; /* CONN_API: api.c's state */
-  /* WebSocket phase */
-  wslay_event_context_ptr ws;
-  struct frame_input in;    /* during ws_feed(): what wslay still has to read */
-  struct auth_grant *grant; /* what the client's token allows, or NULL */
-  const char *proto_echo;   /* during the handshake: the subprotocol to echo */
-  uint8_t proto_echo_len;
-  struct sub *subs;
-  int nsubs;
-  struct outq q;
-  struct sockaddr_storage addr; /* the client's address (PROXY header's when behind HAProxy) */
-  char peer[64];
+  unsigned pmd_bits : 4;     /* the window we may compress with */
+  char peer[CONN_PEER_MAX];  /* "ip:port" for logs (the PROXY header's behind HAProxy) */
 };
 
 /* Accepts a pending connection from the worker's listener (api: from its
  * --api-listen listener, for the HTTP API alone). */
 void conn_accept(struct worker *w, int api);
-/* Writes c->addr as "ip:port" into c->peer (for logs). */
-void conn_describe_peer(struct conn *c);
+/* The client's address, at accept and again from a PROXY header: writes
+ * it as "ip:port" into c->peer (for logs) and sets c->ip_bucket.  addr
+ * NULL or of another family than AF_INET/AF_INET6: "?:0", bucket 0. */
+void conn_set_peer(struct conn *c, const struct sockaddr_storage *addr);
 
 /* Queues bytes (copied).  Returns 0 or -1. */
 int conn_send_copy(struct conn *c, const void *data, size_t len);

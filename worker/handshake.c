@@ -56,14 +56,16 @@ static int path_is(struct http_str p, const char *lit) {
   return p.n == strlen(lit) && memcmp(p.p, lit, p.n) == 0;
 }
 
-static int upgrade(struct conn *c, const struct http_request *req, enum conn_kind kind) {
+/* Answers 101; proto_echo (in the request) is the subprotocol to echo, or NULL. */
+static int upgrade(struct conn *c, const struct http_request *req, enum conn_kind kind,
+                   const char *proto_echo, size_t proto_echo_len) {
   char accept[29];
   char resp[512];
   char ext[160] = "";
   char proto[64] = "";
-  if (c->proto_echo)
-    snprintf(proto, sizeof(proto), "Sec-WebSocket-Protocol: %.*s\r\n", (int)c->proto_echo_len,
-             c->proto_echo);
+  if (proto_echo)
+    snprintf(proto, sizeof(proto), "Sec-WebSocket-Protocol: %.*s\r\n", (int)proto_echo_len,
+             proto_echo);
   http_accept_key(req->ws_key, accept);
   struct pmd_params pp;
   char pmd_resp[128];
@@ -77,7 +79,6 @@ static int upgrade(struct conn *c, const struct http_request *req, enum conn_kin
                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s\r\n",
                    accept, ext, proto);
-  c->proto_echo = NULL; /* it pointed into the request */
   c->kind = kind;
   if (ws_start(c) < 0) {
     respond(c, 500, NULL, "Internal server error\n");
@@ -168,9 +169,8 @@ static int handle_request(struct conn *c, const struct http_request *req) {
       reject(c, REJECT_FULL, 503, "Retry-After: 5\r\n", "Server full\n");
       return 0;
     }
-    uint32_t bucket = shm_ip_bucket(&c->addr);
     if (cfg->max_connections_per_ip &&
-        shm_ip_total(c->w->shm, bucket) >= (unsigned)cfg->max_connections_per_ip) {
+        shm_ip_total(c->w->shm, c->ip_bucket) >= (unsigned)cfg->max_connections_per_ip) {
       reject(c, REJECT_PER_IP, 429, "Retry-After: 5\r\n",
              "Too many connections from this address\n");
       return 0;
@@ -178,12 +178,9 @@ static int handle_request(struct conn *c, const struct http_request *req) {
     const char *proto_echo = NULL;
     size_t proto_echo_len = 0;
     if (c->w->auth && !is_echo && authenticate(c, req, &proto_echo, &proto_echo_len) < 0) return 0;
-    c->proto_echo = proto_echo;
-    c->proto_echo_len = (uint8_t)proto_echo_len;
-    if (!upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB)) return 0;
-    c->ip_bucket = bucket;
+    if (!upgrade(c, req, is_echo ? CONN_ECHO : CONN_PUBSUB, proto_echo, proto_echo_len)) return 0;
     c->ip_counted = 1;
-    shm_ip_add(c->w->shm, c->w->shm_row, bucket, 1);
+    shm_ip_add(c->w->shm, c->w->shm_row, c->ip_bucket, 1);
     return 1;
   }
   if (clientjs_serve(c, req)) return 0; /* GET/HEAD /tidings.js */
@@ -261,10 +258,7 @@ void handshake_input(struct conn *c, const char *data, size_t len) {
       return;
     }
     c->need_proxy = 0;
-    if (!pi.local) {
-      c->addr = pi.src;
-      conn_describe_peer(c);
-    }
+    if (!pi.local) conn_set_peer(c, &pi.src);
     buf += pr;
     blen -= (size_t)pr;
     if (blen == 0) {

@@ -23,7 +23,7 @@
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user) {
   (void)flags;
-  return frame_input_recv(ctx, &((struct conn *)user)->in, buf, len);
+  return frame_input_recv(ctx, ((struct conn *)user)->in, buf, len);
 }
 
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
@@ -321,9 +321,10 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len) {
   }
   if (!wslay_event_want_read(c->ws)) return; /* closing: discard */
   frame_track(&c->frames, data, len);
-  c->in = (struct frame_input){data, len};
+  struct frame_input in = {data, len};
+  c->in = &in;
   int rc = wslay_event_recv(c->ws);
-  c->in = (struct frame_input){NULL, 0};
+  c->in = NULL;
   if (c->state == CONN_CLOSED) return;
   if (rc == WSLAY_ERR_CALLBACK_FAILURE) {
     /* Our recv callback never fails, so this is wslay's frame layer
