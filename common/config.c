@@ -26,7 +26,8 @@ struct opt {
 static const struct opt opts[] = {
     {"bind", OPT_STR, OFF(bind), 0, 0, "0.0.0.0", "address to listen on (IPv4 or IPv6)"},
     {"port", OPT_INT, OFF(port), 1, 65535, "8080", "TCP port to listen on"},
-    {"workers", OPT_INT, OFF(workers), 0, 256, "0", "worker processes (0 = one per core the process may run on)"},
+    {"workers", OPT_INT, OFF(workers), 0, 256, "0",
+     "worker processes (0 = one per core the process may run on)"},
     {"ping-interval", OPT_INT, OFF(ping_interval), 1, 86400, "30",
      "seconds between server pings; a client that has not answered the previous ping is cut"},
     {"max-message-size", OPT_SIZE, OFF(max_message_size), 64, 64LL << 20, "64k",
