@@ -890,7 +890,11 @@ def main():
     w("## 5. Idle connections: memory per subscribed connection")
     w("")
     w("A freshly started server each; the loadgen opens {:,} connections (5,000/s), each ".format(idle_conns(results)) +
-      "subscribes to one of 100 topics, and holds them. RSS is VmRSS from /proc: for tidings "
+      "subscribes to one of 100 topics, and holds them. Before that, 50 connections are opened, "
+      "subscribed and closed (`--idle --subs 50 --duration 0.5`), the same for every server, so that "
+      "what a server does once (tidings' workers initialise OpenSSL at their first handshake, ~2 MiB "
+      "each; Node.js compiles its handlers) is not counted per connection. "
+      "RSS is VmRSS from /proc: for tidings "
       "the sum over its worker processes only (not the master, not the embedded redis-server), "
       "for the Node.js servers the node process.")
     w("")

@@ -232,13 +232,19 @@ for pl in $PLACEMENTS; do
     if want 5; then
     log "scenario 5: $IDLE_CONNS idle connections"
     IDLE=(--idle --subs "$IDLE_CONNS" --topics 100 --connect-rate 5000 --duration "$D_IDLE")
+    # a few connections first, not counted: one-time costs are not per connection
+    warm() { timeout -k 3 30 "$LOADGEN" --port "${PORT[$1]}" --idle --subs 50 --topics 100 --duration 0.5 \
+             --quiet >/dev/null 2>&1 </dev/null || true; }
     start_server idle_tidings tidings "${TID[@]}" || true
+    warm idle_tidings
     lg idle tidings workers idle_tidings workers 60 -- "${IDLE[@]}"
     stop_server idle_tidings
     start_server idle_uws node "${NODE_UWS[@]}" || true
+    warm idle_uws
     lg idle uws pid idle_uws pid 60 -- "${IDLE[@]}"
     stop_server idle_uws
     start_server idle_ws node "${NODE_WS[@]}" || true
+    warm idle_ws
     lg idle ws pid idle_ws pid 60 -- "${IDLE[@]}"
     stop_server idle_ws
     fi
