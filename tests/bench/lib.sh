@@ -146,7 +146,8 @@ start_server() {
         if [[ -n $spid && -n $(ss -Hltn "( sport = :$port )" 2>/dev/null) ]]; then
             if [[ $kind == tidings ]]; then    # wait for every worker too
                 local want n
-                want=$(nproc)
+                # one worker per core it may run on (nproc under the same taskset)
+                want=$("${SRV_PIN[@]}" nproc)
                 [[ " ${args[*]} " =~ " --workers "([0-9]+)" " && ${BASH_REMATCH[1]} -gt 0 ]] && want=${BASH_REMATCH[1]}
                 n=$(tidings_workers "$spid" | wc -w)
                 if [[ $n -lt $want ]]; then sleep 0.1; continue; fi

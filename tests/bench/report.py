@@ -119,7 +119,8 @@ def ratio(a, b):
 PLACEMENT_TEXT = {
     "shared": "nothing pinned: the loadgen and the server processes share all cores",
     "split": "the loadgen pinned to CPU 0, every server process (tidings' master, workers and "
-             "redis-server; the node process) to the other CPUs, with taskset",
+             "redis-server; the node process) to the other CPUs, with taskset; tidings' default "
+             "is then one worker per CPU it may run on (one on a 2-core machine)",
 }
 
 
