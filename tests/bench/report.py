@@ -124,6 +124,16 @@ PLACEMENT_TEXT = {
 }
 
 
+def each_placement(w, results):
+    """The placements of the run, main one first, each as (name, its results),
+    with a heading written before each when there are several."""
+    for p in [results.placement] + results.others():
+        if len(results.placements) > 1:
+            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
+            w("")
+        yield p, results.at(p)
+
+
 def placement_of(rec):
     return rec.get("placement") or "shared"
 
@@ -356,11 +366,7 @@ def latency_section(results, w):
         ("server CPU (% of a core)", "server_cpu_pct", num),
         ("loadgen CPU (% of a core)", "cpu_pct", num),
     ]
-    for p in [results.placement] + results.others():
-        pres = results.at(p)
-        if len(results.placements) > 1:
-            w("Placement `%s` (%s):" % (p, PLACEMENT_TEXT.get(p, p)))
-            w("")
+    for p, pres in each_placement(w, results):
         w("| load | | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
         w("|---|---|---|---|---|---|---|")
         for prefix, label, _ in LAT_LOADS:
@@ -767,11 +773,7 @@ def main():
     w("## Summary")
     w("")
     spec = summary_spec()
-    for pi, place in enumerate([results.placement] + results.others()):
-        pres = results.at(place)
-        if len(results.placements) > 1:
-            w("Placement `%s` (%s):" % (place, PLACEMENT_TEXT.get(place, place)))
-            w("")
+    for pi, (place, pres) in enumerate(each_placement(w, results)):
         w("| | tidings | uWS.js | node ws | tidings ÷ uWS | tidings ÷ ws |")
         w("|---|---|---|---|---|---|")
         for label, _, kind, scen, variants, key, fmt, _ in spec:

@@ -138,13 +138,7 @@ static struct conn *newest_open(struct fx *fx) {
  * the PROXY header's source, as long as the longest IPv6 text. */
 static void proxy_address_is_the_peer(void **state) {
   struct fx *fx = *state;
-  struct client *cl = calloc(1, sizeof(*cl));
-  assert_non_null(cl);
-  cl->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET,
-                          .sin_port = htons((uint16_t)fx->port),
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  struct client *cl = client_connect(fx);
   uint8_t hdr[16 + 36] = {
       0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51,
       0x55, 0x49, 0x54, 0x0A, 0x21, 0x21, 0x00, 36}; /* v2 PROXY, TCP over IPv6, 36 address bytes */

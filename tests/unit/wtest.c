@@ -110,7 +110,7 @@ struct client *client_open(struct fx *fx) {
   return client_open_path(fx, "/");
 }
 
-struct client *client_open_path(struct fx *fx, const char *target) {
+struct client *client_connect(struct fx *fx) {
   struct client *cl = calloc(1, sizeof(*cl));
   assert_non_null(cl);
   cl->fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -118,6 +118,11 @@ struct client *client_open_path(struct fx *fx, const char *target) {
                           .sin_port = htons((uint16_t)fx->port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  return cl;
+}
+
+struct client *client_open_path(struct fx *fx, const char *target) {
+  struct client *cl = client_connect(fx);
   char req[2048];
   int n =
       snprintf(req, sizeof(req),

@@ -38,6 +38,8 @@ int fill(struct fx *fx, struct client *cl);
 struct client *client_open(struct fx *fx); /* after the 101 */
 /* The same with the request target (path and query) given. */
 struct client *client_open_path(struct fx *fx, const char *target);
+/* A TCP connection to the worker and nothing sent yet (for raw handshakes). */
+struct client *client_connect(struct fx *fx);
 void client_close(struct client *cl);
 /* One frame (under 126 bytes), masked with a zero key. */
 void client_frame(struct client *cl, uint8_t opcode, const char *data, size_t n);
