@@ -322,14 +322,14 @@ static int batch_add(struct worker *w, struct conn *c) {
 }
 
 void conn_flush_dirty(struct worker *w) {
-  int batch = w->batch && sendbatch_alive(w->batch);
   for (;;) {
     while (w->dirty) {
       struct conn *c = w->dirty;
       w->dirty = c->dirty_next;
       c->dirty = 0;
       c->dirty_next = NULL;
-      if (batch && batch_add(w, c) == 0) {
+      /* alive is asked each time: a failed submit may have lost the ring */
+      if (w->batch && sendbatch_alive(w->batch) && batch_add(w, c) == 0) {
         if (sendbatch_full(w->batch)) sendbatch_run(w->batch, batch_sent);
         continue; /* batch_sent drops the reference */
       }
@@ -337,7 +337,7 @@ void conn_flush_dirty(struct worker *w) {
       conn_unref(c);
     }
     /* what batch_sent marks dirty again is flushed in this turn too */
-    if (!batch || sendbatch_run(w->batch, batch_sent) == 0) break;
+    if (!w->batch || sendbatch_run(w->batch, batch_sent) == 0) break;
   }
 }
 

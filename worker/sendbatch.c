@@ -96,6 +96,12 @@ static void reap(struct sendbatch *b, unsigned n) {
 size_t sendbatch_run(struct sendbatch *b, void (*done)(void *owner, int result)) {
   unsigned n = b->n, i;
   if (n == 0) return 0;
+  if (b->dead) { /* no ring: every send goes back to be written the ordinary way */
+    for (i = 0; i < n; i++) b->owners[i] = b->slots[i].owner;
+    b->n = 0;
+    for (i = 0; i < n; i++) done(b->owners[i], -EAGAIN);
+    return n;
+  }
   for (i = 0; i < n; i++) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
     /* the ring has cap entries and at most cap sends are queued */
