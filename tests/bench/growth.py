@@ -16,6 +16,7 @@ import math
 import os
 
 import sections
+from report import num as fmt_num
 from report import rate as fmt_rate
 
 SERVERS = [("tidings", "tidings"), ("uws", "uWS.js")]
@@ -42,17 +43,6 @@ def cpu_us(r):
     if not r or r.get("server_cpu_pct") is None or not r.get("deliveries_per_s"):
         return None
     return r["server_cpu_pct"] / 100.0 / r["deliveries_per_s"] * 1e6
-
-
-def fmt_num(v, digits=3):
-    if v is None:
-        return "—"
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 10 ** digits:
-        return "{:,.0f}".format(v)
-    return "{:,.{}f}".format(v, max(0, digits - 1 - int(math.floor(math.log10(a)))))
 
 
 def fit(xs, ys):

@@ -288,6 +288,17 @@ start_trio() {
 }
 stop_trio() { stop_server tidings; stop_server uws; stop_server ws; }
 
+# trio_run SCENARIO VARIANT LIMIT LOADGEN-ARGS...: the three servers, one
+# loadgen run each (tidings, uWS, ws), then stopped.
+trio_run() {
+    local scen=$1 variant=$2 limit=$3 s; shift 3
+    start_trio
+    for s in tidings uws ws; do
+        lg "$scen" "$s" "$variant" "$s" tree "$limit" -- "$@"
+    done
+    stop_trio
+}
+
 
 # Other processes on the machine skew every number: wait up to BENCH_QUIET_WAIT
 # seconds for it to be quiet (busy < 25% of one core over 2 s), then go on anyway

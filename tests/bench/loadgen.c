@@ -707,6 +707,24 @@ static void jkey_s(struct jout *j, const char *k, const char *v) {
   jput(j, "\"");
 }
 
+/* <prefix>_p50_ms, _p99_ms, _p999_ms of h (and _max_ms, _mean_ms). */
+static void jkey_hist(struct jout *j, const char *prefix, const struct hist *h, int max_mean) {
+  static const struct {
+    const char *name;
+    double q;
+  } qs[] = {{"p50", 0.50}, {"p99", 0.99}, {"p999", 0.999}};
+  char k[64];
+  for (size_t i = 0; i < sizeof(qs) / sizeof(qs[0]); i++) {
+    snprintf(k, sizeof(k), "%s_%s_ms", prefix, qs[i].name);
+    jkey_d(j, k, hist_quantile(h, qs[i].q) / 1e6);
+  }
+  if (!max_mean) return;
+  snprintf(k, sizeof(k), "%s_max_ms", prefix);
+  jkey_d(j, k, (double)h->max / 1e6);
+  snprintf(k, sizeof(k), "%s_mean_ms", prefix);
+  jkey_d(j, k, h->n ? h->sum / (double)h->n / 1e6 : 0);
+}
+
 static double mib(long long b) { return (double)b / (1024.0 * 1024.0); }
 
 static void report(void) {
@@ -864,16 +882,10 @@ static void report(void) {
     jkey_u(&j, "reordered", g.reordered);
     jkey_u(&j, "unexpected", g.unexpected);
     jkey_u(&j, "unparsable", g.bad_msgs);
-    jkey_d(&j, "latency_p50_ms", p50);
-    jkey_d(&j, "latency_p99_ms", p99);
-    jkey_d(&j, "latency_p999_ms", p999);
-    jkey_d(&j, "latency_max_ms", pmax);
-    jkey_d(&j, "latency_mean_ms", pmean);
+    jkey_hist(&j, "latency", &g.lat, 1);
     jkey_s(&j, "latency_ends", g.rx_stamped ? "arrival" : "read");
     jkey_u(&j, "reads_stamped", g.rx_stamped);
-    jkey_d(&j, "read_latency_p50_ms", hist_quantile(&g.lat_read, 0.50) / 1e6);
-    jkey_d(&j, "read_latency_p99_ms", hist_quantile(&g.lat_read, 0.99) / 1e6);
-    jkey_d(&j, "read_latency_p999_ms", hist_quantile(&g.lat_read, 0.999) / 1e6);
+    jkey_hist(&j, "read_latency", &g.lat_read, 0);
     jkey_u(&j, "server_pings", g.pings);
     jkey_u(&j, "inflated", g.inflated);
     jkey_d(&j, "cpu_pct", cpu_pct);
@@ -892,11 +904,7 @@ static void report(void) {
       jkey_u(&j, "e2e_messages", g.e2e_done);
       jkey_d(&j, "e2e_messages_per_s", dur > 0 ? (double)g.e2e_done / dur : 0);
       jkey_u(&j, "e2e_expired", g.e2e_expired);
-      jkey_d(&j, "e2e_latency_p50_ms", e50);
-      jkey_d(&j, "e2e_latency_p99_ms", e99);
-      jkey_d(&j, "e2e_latency_p999_ms", e999);
-      jkey_d(&j, "e2e_latency_max_ms", emax);
-      jkey_d(&j, "e2e_latency_mean_ms", emean);
+      jkey_hist(&j, "e2e_latency", &g.e2e_lat, 1);
     }
     jkey_u(&j, "interrupted", (uint64_t)(interrupted != 0));
     jkey_u(&j, "exit_code", (uint64_t)exit_code);

@@ -122,21 +122,13 @@ for pl in $PLACEMENTS; do
     # 1. fan-out: 1,000 subscribers of one topic, 64-byte payloads, maximum rate.
     if want 1; then
     log "scenario 1: fan-out"
-    start_trio
-    for s in tidings uws ws; do
-        lg fanout "$s" max "$s" tree 60 -- "${FANOUT[@]}"
-    done
-    stop_trio
+    trio_run fanout max 60 "${FANOUT[@]}"
     fi
 
     # 2. many topics: 10,000 subscribers over 1,000 topics, maximum rate, 2 publishers.
     if want 2; then
     log "scenario 2: many topics"
-    start_trio
-    for s in tidings uws ws; do
-        lg many "$s" max "$s" tree 90 -- "${MANY[@]}"
-    done
-    stop_trio
+    trio_run many max 90 "${MANY[@]}"
     fi
 
     # 3. tail latency at fixed moderate rates (issue 15): 1,000 subscribers at
