@@ -23,6 +23,7 @@
  */
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
+const { waitFor: sharedWait } = require('./wait');
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -43,18 +44,7 @@ let serverBase; // http://127.0.0.1:PORT
 const consoleErrors = [];
 const pageErrors = [];
 
-async function waitFor(what, cond, timeout = STEP_TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await cond();
-    if (last) return last;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
-    }
-    await new Promise((r) => setTimeout(r, 50)); // the poll interval of this wait
-  }
-}
+const waitFor = (what, cond, timeout = STEP_TIMEOUT) => sharedWait(what, cond, timeout);
 
 function workerPid() {
   const m = process.env.TIDINGS_MASTER_PID;

@@ -32,6 +32,7 @@
  */
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
+const { waitFor: sharedWait } = require('./wait');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -95,15 +96,7 @@ function text(n, seed) {
   return out;
 }
 
-async function waitFor(what, cond, timeout = STEP_TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const waitFor = (what, cond, timeout = STEP_TIMEOUT) => sharedWait(what, cond, timeout, 10);
 
 /* ---- in the page ---- */
 

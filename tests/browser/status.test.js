@@ -38,6 +38,7 @@
  */
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
+const { waitFor: sharedWait } = require('./wait');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -72,18 +73,7 @@ const snapshots = [];      // [ms since epoch, payload] of every /status/ws fram
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(what, cond, timeout = STEP_TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await cond();
-    if (last) return last;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
-    }
-    await sleep(50);
-  }
-}
+const waitFor = (what, cond, timeout = STEP_TIMEOUT) => sharedWait(what, cond, timeout);
 
 /** What the page shows: the cards and the table, as text. */
 function readPage() {
